@@ -1,0 +1,572 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * xdplb data plane: L4 load balancing with Direct Server Return.
+ *
+ * A frame to a VIP (address, port, tcp|udp) is sent to a real server chosen
+ * by the connection table, else by the VIP's Maglev ring. Only the Ethernet
+ * addresses change (dst = real, src = LB); the frame leaves with XDP_TX and
+ * the real answers the client directly. Everything else is XDP_PASS,
+ * byte-for-byte unchanged.
+ *
+ * Compiled by BCC from xdplbd/loader.py, which passes the map sizes and the
+ * pin directory as -D flags (see the defaults below). Struct layouts are
+ * mirrored in xdplbd/schema.py: change both together.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/icmpv6.h>
+
+#ifndef PIN_DIR
+#define PIN_DIR "/sys/fs/bpf/xdplb"
+#endif
+#ifndef MAX_VIPS
+#define MAX_VIPS 512
+#endif
+#ifndef MAX_REALS
+#define MAX_REALS 4096
+#endif
+#ifndef CT_SIZE
+#define CT_SIZE 1048576
+#endif
+#ifndef RING_SIZE
+#define RING_SIZE 65537
+#endif
+
+/* Ring slots are u16 backend ids packed four to a u64 array value: array
+ * values occupy 8-byte slots, so this quarters the memory of a u32 ring. */
+#define RING_LANES 4
+#define RING_VALUES ((RING_SIZE + RING_LANES - 1) / RING_LANES)
+
+#define MAX_VLAN_TAGS 2
+#define FAMILY_V4 4
+#define FAMILY_V6 6
+#define BACKEND_ACTIVE 1
+#define XDPLB_NSEC_PER_SEC 1000000000ULL
+/* Refresh a UDP entry's timestamp at most this often: it saves a map write
+ * per packet while keeping the idle timeout accurate to a second. */
+#define UDP_TOUCH_NS XDPLB_NSEC_PER_SEC
+
+#define IP_MF_FLAG 0x2000
+#define IP_OFFSET_MASK 0x1fff
+#define IPV6_NEXTHDR_FRAGMENT 44
+#define ICMP_DEST_UNREACH_T 3
+#define ICMP_FRAG_NEEDED_C 4
+#define ICMPV6_PKT_TOOBIG_T 2
+#define L4_PORTS_LEN 8 /* ICMP errors quote at least 8 bytes of L4 header */
+
+/* Outcome counters (index into the `outcomes` map). */
+enum outcome {
+	OUT_TX = 0,
+	OUT_PASS,
+	OUT_DROP,
+	OUT_NO_REAL,
+	OUT_CT_HIT,
+	OUT_CT_MISS,
+	OUT_CT_INSERT,
+	OUT_ICMP_ROUTED,
+	OUT_FRAGMENT,
+	OUT_MALFORMED,
+	OUT_MAX,
+};
+
+struct vip_key {
+	__u8 addr[16]; /* IPv4 uses the first 4 bytes, the rest is zero */
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+struct vip_info {
+	__u32 vip_id; /* index into rings and vip_stats */
+	__u32 flags;
+	__u64 ring_digest; /* which ring is live; control plane bookkeeping */
+};
+
+struct backend {
+	__u8 mac[ETH_ALEN];
+	__u8 family;
+	__u8 flags; /* BACKEND_ACTIVE, else the slot is free */
+	__u32 vip_id; /* the only VIP this backend may serve */
+	__u32 weight; /* control plane bookkeeping */
+	__u8 addr[16];
+};
+
+struct flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct ct_entry {
+	__u32 backend_id;
+	__u32 vip_id;
+	__u64 last_seen_ns;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct settings {
+	__u8 lb_mac[ETH_ALEN];
+	__u8 pad[2];
+	__u64 udp_timeout_ns;
+};
+
+struct ring_value {
+	__u16 ids[RING_LANES];
+};
+
+/* Inner-map template for `rings`: one array of this shape per VIP. */
+BPF_ARRAY(ring_template, struct ring_value, RING_VALUES);
+
+BPF_TABLE_PINNED("hash", struct vip_key, struct vip_info, vips, MAX_VIPS, PIN_DIR "/vips");
+BPF_TABLE_PINNED("array_of_maps$ring_template", int, int, rings, MAX_VIPS, PIN_DIR "/rings");
+BPF_TABLE_PINNED("array", u32, struct backend, backends, MAX_REALS, PIN_DIR "/backends");
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct ct_entry, conntrack, CT_SIZE,
+		 PIN_DIR "/conntrack");
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, vip_stats, MAX_VIPS, PIN_DIR "/vip_stats");
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, backend_stats, MAX_REALS,
+		 PIN_DIR "/backend_stats");
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, outcomes, OUT_MAX, PIN_DIR "/outcomes");
+BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PIN_DIR "/settings");
+
+struct packet {
+	void *data;
+	void *data_end;
+	__u64 len;
+	struct flow_key flow;
+	__u8 tcp_flags_syn_only; /* SYN set, ACK clear: a new connection */
+};
+
+static __always_inline void count(enum outcome o, __u64 bytes)
+{
+	u32 key = o;
+	struct counter *c = outcomes.lookup(&key);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int pass(__u64 bytes)
+{
+	count(OUT_PASS, bytes);
+	return XDP_PASS;
+}
+
+static __always_inline int pass_malformed(__u64 bytes)
+{
+	count(OUT_MALFORMED, bytes);
+	return pass(bytes);
+}
+
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+/* MurmurHash3 (x86_32) over the 40-byte flow key as ten host-order words.
+ * xdplbd/flowhash.py computes the same value for `xdplb explain`. */
+#define FLOW_HASH_SEED 0x9747b28cU
+#define FLOW_KEY_WORDS (sizeof(struct flow_key) / sizeof(__u32))
+
+static __always_inline __u32 flow_hash(const struct flow_key *key)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 h = FLOW_HASH_SEED;
+
+#pragma unroll
+	for (int i = 0; i < FLOW_KEY_WORDS; i++) {
+		__u32 k = w[i] * 0xcc9e2d51U;
+
+		k = rotl32(k, 15) * 0x1b873593U;
+		h ^= k;
+		h = rotl32(h, 13) * 5 + 0xe6546b64U;
+	}
+	h ^= sizeof(struct flow_key);
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Skip up to two 802.1Q/802.1ad tags; returns the inner EtherType or 0. */
+static __always_inline __be16 parse_eth(void *data, void *data_end, __u32 *l3_off)
+{
+	struct ethhdr *eth = data;
+	__be16 proto;
+	__u32 off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	proto = eth->h_proto;
+
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		struct vlan_tag {
+			__be16 tci;
+			__be16 proto;
+		} *tag = data + off;
+
+		if (proto != htons(ETH_P_8021Q) && proto != htons(ETH_P_8021AD))
+			break;
+		if ((void *)(tag + 1) > data_end)
+			return 0;
+		proto = tag->proto;
+		off += sizeof(*tag);
+	}
+	*l3_off = off;
+	return proto;
+}
+
+/* Result of the L3/L4 parsers. */
+enum parse_result {
+	PARSE_OK,         /* a TCP/UDP flow key was filled in */
+	PARSE_ICMP_ERROR, /* frag-needed / packet-too-big: route by inner header */
+	PARSE_FRAGMENT,   /* an IP fragment: never balanced (docs/dataplane.md) */
+	PARSE_OTHER,      /* well-formed, not ours */
+	PARSE_MALFORMED,  /* truncated or inconsistent headers */
+};
+
+static __always_inline int parse_ports(struct packet *pkt, void *l4, __u8 proto)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > pkt->data_end)
+			return PARSE_MALFORMED;
+		pkt->flow.sport = tcp->source;
+		pkt->flow.dport = tcp->dest;
+		pkt->tcp_flags_syn_only = tcp->syn && !tcp->ack;
+		return PARSE_OK;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > pkt->data_end)
+			return PARSE_MALFORMED;
+		pkt->flow.sport = udp->source;
+		pkt->flow.dport = udp->dest;
+		return PARSE_OK;
+	}
+	return PARSE_OTHER;
+}
+
+/* Fill `flow` from an IPv4 header and the first 8 bytes of its L4 header,
+ * reversed: an ICMP error quotes the real's reply (VIP -> client), and the
+ * flow we need is client -> VIP. */
+static __always_inline int parse_inner_ipv4(struct packet *pkt, void *l3)
+{
+	struct iphdr *ip = l3;
+	struct l4_ports {
+		__be16 src;
+		__be16 dst;
+	} *ports;
+	__u32 ihl_len;
+
+	if ((void *)(ip + 1) > pkt->data_end)
+		return PARSE_MALFORMED;
+	ihl_len = ip->ihl * 4;
+	if (ip->version != 4 || ihl_len < sizeof(*ip))
+		return PARSE_MALFORMED;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return PARSE_OTHER;
+	ports = l3 + ihl_len;
+	if ((void *)ports + L4_PORTS_LEN > pkt->data_end)
+		return PARSE_MALFORMED;
+	__builtin_memcpy(pkt->flow.src, &ip->daddr, sizeof(ip->daddr));
+	__builtin_memcpy(pkt->flow.dst, &ip->saddr, sizeof(ip->saddr));
+	pkt->flow.sport = ports->dst;
+	pkt->flow.dport = ports->src;
+	pkt->flow.proto = ip->protocol;
+	pkt->flow.family = FAMILY_V4;
+	return PARSE_ICMP_ERROR;
+}
+
+static __always_inline int parse_inner_ipv6(struct packet *pkt, void *l3)
+{
+	struct ipv6hdr *ip6 = l3;
+	struct l4_ports {
+		__be16 src;
+		__be16 dst;
+	} *ports = (void *)(ip6 + 1);
+
+	if ((void *)ports + L4_PORTS_LEN > pkt->data_end)
+		return PARSE_MALFORMED;
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return PARSE_OTHER;
+	__builtin_memcpy(pkt->flow.src, &ip6->daddr, sizeof(ip6->daddr));
+	__builtin_memcpy(pkt->flow.dst, &ip6->saddr, sizeof(ip6->saddr));
+	pkt->flow.sport = ports->dst;
+	pkt->flow.dport = ports->src;
+	pkt->flow.proto = ip6->nexthdr;
+	pkt->flow.family = FAMILY_V6;
+	return PARSE_ICMP_ERROR;
+}
+
+static __always_inline int parse_ipv4(struct packet *pkt, void *l3)
+{
+	struct iphdr *ip = l3;
+	__u32 ihl_len;
+	void *l4;
+
+	if ((void *)(ip + 1) > pkt->data_end)
+		return PARSE_MALFORMED;
+	ihl_len = ip->ihl * 4;
+	if (ip->version != 4 || ihl_len < sizeof(*ip))
+		return PARSE_MALFORMED;
+	l4 = l3 + ihl_len;
+	if (l4 > pkt->data_end)
+		return PARSE_MALFORMED;
+	if (ip->frag_off & htons(IP_MF_FLAG | IP_OFFSET_MASK))
+		return PARSE_FRAGMENT;
+
+	if (ip->protocol == IPPROTO_ICMP) {
+		struct icmphdr *icmp = l4;
+
+		if ((void *)(icmp + 1) > pkt->data_end)
+			return PARSE_MALFORMED;
+		if (icmp->type != ICMP_DEST_UNREACH_T || icmp->code != ICMP_FRAG_NEEDED_C)
+			return PARSE_OTHER;
+		return parse_inner_ipv4(pkt, icmp + 1);
+	}
+	__builtin_memcpy(pkt->flow.src, &ip->saddr, sizeof(ip->saddr));
+	__builtin_memcpy(pkt->flow.dst, &ip->daddr, sizeof(ip->daddr));
+	pkt->flow.proto = ip->protocol;
+	pkt->flow.family = FAMILY_V4;
+	return parse_ports(pkt, l4, ip->protocol);
+}
+
+static __always_inline int parse_ipv6(struct packet *pkt, void *l3)
+{
+	struct ipv6hdr *ip6 = l3;
+	void *l4 = (void *)(ip6 + 1);
+
+	if (l4 > pkt->data_end)
+		return PARSE_MALFORMED;
+	if (ip6->version != 6)
+		return PARSE_MALFORMED;
+	if (ip6->nexthdr == IPV6_NEXTHDR_FRAGMENT)
+		return PARSE_FRAGMENT;
+
+	if (ip6->nexthdr == IPPROTO_ICMPV6) {
+		struct icmp6hdr *icmp6 = l4;
+
+		if ((void *)(icmp6 + 1) > pkt->data_end)
+			return PARSE_MALFORMED;
+		if (icmp6->icmp6_type != ICMPV6_PKT_TOOBIG_T)
+			return PARSE_OTHER;
+		return parse_inner_ipv6(pkt, icmp6 + 1);
+	}
+	__builtin_memcpy(pkt->flow.src, &ip6->saddr, sizeof(ip6->saddr));
+	__builtin_memcpy(pkt->flow.dst, &ip6->daddr, sizeof(ip6->daddr));
+	pkt->flow.proto = ip6->nexthdr;
+	pkt->flow.family = FAMILY_V6;
+	return parse_ports(pkt, l4, ip6->nexthdr);
+}
+
+/* The backend behind ring slot hash % RING_SIZE of this VIP, or 0. */
+static __always_inline __u32 ring_pick(__u32 vip_id, const struct flow_key *flow)
+{
+	void *ring = rings.lookup(&vip_id);
+	__u32 slot = flow_hash(flow) % RING_SIZE;
+	__u32 value_idx = slot / RING_LANES;
+	struct ring_value *v;
+
+	if (!ring)
+		return 0;
+	v = bpf_map_lookup_elem(ring, &value_idx);
+	if (!v)
+		return 0;
+	return v->ids[slot % RING_LANES];
+}
+
+/* A backend that is live and belongs to this VIP; stale ids (a removed real,
+ * or a slot reused by another VIP) yield NULL so the flow is re-hashed. */
+static __always_inline struct backend *backend_for(__u32 id, __u32 vip_id)
+{
+	struct backend *b;
+
+	if (!id)
+		return NULL;
+	b = backends.lookup(&id);
+	if (!b || !(b->flags & BACKEND_ACTIVE) || b->vip_id != vip_id)
+		return NULL;
+	return b;
+}
+
+static __always_inline void count_id(void *map_lookup_result, __u64 bytes)
+{
+	struct counter *c = map_lookup_result;
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int forward(struct packet *pkt, __u32 vip_id, __u32 id,
+				   struct backend *b)
+{
+	struct ethhdr *eth = pkt->data;
+	u32 zero = 0;
+	struct settings *s = settings.lookup(&zero);
+
+	if (!s || (void *)(eth + 1) > pkt->data_end)
+		return pass(pkt->len);
+	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, s->lb_mac, ETH_ALEN);
+	count_id(vip_stats.lookup(&vip_id), pkt->len);
+	count_id(backend_stats.lookup(&id), pkt->len);
+	count(OUT_TX, pkt->len);
+	return XDP_TX;
+}
+
+static __always_inline int no_real(struct packet *pkt, __u32 vip_id)
+{
+	/* A VIP without a usable real drops: passing would let the LB's own
+	 * stack answer for a service it does not run. */
+	count_id(vip_stats.lookup(&vip_id), pkt->len);
+	count(OUT_NO_REAL, pkt->len);
+	count(OUT_DROP, pkt->len);
+	return XDP_DROP;
+}
+
+static __always_inline struct vip_info *lookup_vip(const struct flow_key *flow)
+{
+	struct vip_key key = {};
+
+	__builtin_memcpy(key.addr, flow->dst, sizeof(key.addr));
+	key.port = flow->dport;
+	key.proto = flow->proto;
+	key.family = flow->family;
+	return vips.lookup(&key);
+}
+
+/* ICMP frag-needed / packet-too-big about a VIP flow: the real's reply was
+ * too big for the path. Send it to the real that owns the flow so its PMTU
+ * discovery works; never create a conntrack entry for it. */
+static __always_inline int route_icmp_error(struct packet *pkt)
+{
+	struct vip_info *vip = lookup_vip(&pkt->flow);
+	struct ct_entry *ct;
+	struct backend *b = NULL;
+	__u32 id = 0;
+
+	if (!vip)
+		return pass(pkt->len);
+	ct = conntrack.lookup(&pkt->flow);
+	if (ct) {
+		id = ct->backend_id;
+		b = backend_for(id, vip->vip_id);
+	}
+	if (!b) {
+		id = ring_pick(vip->vip_id, &pkt->flow);
+		b = backend_for(id, vip->vip_id);
+	}
+	if (!b)
+		return pass(pkt->len);
+	count(OUT_ICMP_ROUTED, pkt->len);
+	return forward(pkt, vip->vip_id, id, b);
+}
+
+static __always_inline int balance(struct packet *pkt)
+{
+	struct vip_info *vip = lookup_vip(&pkt->flow);
+	struct ct_entry *ct, fresh = {};
+	struct backend *b = NULL;
+	__u64 now = 0;
+	__u32 vip_id, id = 0;
+	u32 zero = 0;
+	struct settings *s;
+
+	if (!vip)
+		return pass(pkt->len);
+	vip_id = vip->vip_id;
+	if (pkt->flow.proto == IPPROTO_UDP)
+		now = bpf_ktime_get_ns();
+
+	/* A SYN always re-hashes, so a reused client port never follows a
+	 * stale entry to a drained or removed real. */
+	ct = pkt->tcp_flags_syn_only ? NULL : conntrack.lookup(&pkt->flow);
+	if (ct) {
+		id = ct->backend_id;
+		b = backend_for(id, vip_id);
+		if (b && pkt->flow.proto == IPPROTO_UDP) {
+			s = settings.lookup(&zero);
+			if (s && now - ct->last_seen_ns > s->udp_timeout_ns)
+				b = NULL; /* idle too long: a new flow */
+			else if (now - ct->last_seen_ns > UDP_TOUCH_NS)
+				ct->last_seen_ns = now;
+		}
+		if (b) {
+			count(OUT_CT_HIT, pkt->len);
+			return forward(pkt, vip_id, id, b);
+		}
+	}
+	count(OUT_CT_MISS, pkt->len);
+
+	/* Miss (including a TCP non-SYN, as after a restart or an LB failover):
+	 * the ring gives the same real as long as the VIP's reals are unchanged. */
+	id = ring_pick(vip_id, &pkt->flow);
+	b = backend_for(id, vip_id);
+	if (!b)
+		return no_real(pkt, vip_id);
+	fresh.backend_id = id;
+	fresh.vip_id = vip_id;
+	fresh.last_seen_ns = now;
+	if (conntrack.update(&pkt->flow, &fresh) == 0)
+		count(OUT_CT_INSERT, pkt->len);
+	return forward(pkt, vip_id, id, b);
+}
+
+int xdplb_main(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	__u32 l3_off = 0;
+	__be16 proto;
+	int res;
+
+	pkt.data = (void *)(long)ctx->data;
+	pkt.data_end = (void *)(long)ctx->data_end;
+	pkt.len = pkt.data_end - pkt.data;
+
+	proto = parse_eth(pkt.data, pkt.data_end, &l3_off);
+	if (proto == htons(ETH_P_IP))
+		res = parse_ipv4(&pkt, pkt.data + l3_off);
+	else if (proto == htons(ETH_P_IPV6))
+		res = parse_ipv6(&pkt, pkt.data + l3_off);
+	else if (!proto)
+		res = PARSE_MALFORMED;
+	else
+		res = PARSE_OTHER;
+
+	switch (res) {
+	case PARSE_OK:
+		return balance(&pkt);
+	case PARSE_ICMP_ERROR:
+		return route_icmp_error(&pkt);
+	case PARSE_FRAGMENT:
+		count(OUT_FRAGMENT, pkt.len);
+		return pass(pkt.len);
+	case PARSE_MALFORMED:
+		return pass_malformed(pkt.len);
+	default:
+		return pass(pkt.len);
+	}
+}

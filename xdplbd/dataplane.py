@@ -1,0 +1,198 @@
+"""The pinned maps as the control plane sees them: read live state, apply ops.
+
+Thin shell around bpfsys + schema. Everything that decides *what* to write
+lives in plan.py; this module only writes it, in the order given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from . import bpfsys, schema
+from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
+from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
+
+Op = object
+RING_MAP_NAME = "xdplb_ring"
+
+
+class DataPlane:
+    """Open handles on every pinned map under `pin_dir`."""
+
+    def __init__(self, pin_dir: str, tunables: Tunables) -> None:
+        self.pin_dir = pin_dir
+        self.tunables = tunables
+        self.maps: Dict[str, bpfsys.Map] = {}
+        try:
+            for spec in schema.map_specs(tunables):
+                self.maps[spec.name] = bpfsys.Map.open_pinned(os.path.join(pin_dir, spec.name))
+        except Exception:
+            self.close()
+            raise
+        self.writes = 0  # map writes made by apply(); tests assert "no-op = 0"
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+
+    def __enter__(self) -> DataPlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading -------------------------------------------------------------
+
+    def vip_entries(self) -> List[Tuple[VipKey, int, int]]:
+        out = []
+        for k, v in self.maps["vips"].items():
+            key = schema.unpack_vip_key(k)
+            if key is None:
+                continue
+            vip_id, _flags, digest = schema.VIP_INFO.unpack(v[: schema.VIP_INFO.size])
+            out.append((key, vip_id, digest))
+        return out
+
+    def backend_entries(self) -> Dict[int, schema.BackendRec]:
+        out = {}
+        for i, raw in enumerate(self.maps["backends"].lookup_array_all()):
+            rec = schema.unpack_backend(raw) if raw else None
+            if rec is not None and i != 0:
+                out[i] = rec
+        return out
+
+    def ring_ids(self) -> Dict[int, int]:
+        """vip_id -> inner map id, for every occupied ring slot."""
+        rings = self.maps["rings"]
+        out = {}
+        for i in range(rings.info.max_entries):
+            raw = rings.lookup(schema.U32.pack(i))
+            if raw is not None:
+                out[i] = schema.U32.unpack(raw[:4])[0]
+        return out
+
+    def read_live(self) -> LiveState:
+        vips = self.vip_entries()
+        backends = self.backend_entries()
+        rings = self.ring_ids()
+        live_ids = {vip_id for _, vip_id, _ in vips}
+        live = []
+        for key, vip_id, digest in vips:
+            members = tuple(
+                LiveBackend(bid, b.ip, b.mac, b.weight)
+                for bid, b in sorted(backends.items())
+                if b.vip_id == vip_id
+            )
+            live.append(LiveVip(key, vip_id, digest, members))
+        return LiveState(
+            vips=tuple(sorted(live, key=lambda v: v.id)),
+            orphan_vip_ids=frozenset(set(rings) - live_ids),
+            orphan_backend_ids=frozenset(b for b, r in backends.items() if r.vip_id not in live_ids),
+        )
+
+    def ring(self, vip_id: int) -> Optional[Tuple[int, ...]]:
+        raw = self.maps["rings"].lookup(schema.U32.pack(vip_id))
+        if raw is None:
+            return None
+        fd = bpfsys.map_fd_by_id(schema.U32.unpack(raw[:4])[0])
+        with bpfsys.Map(fd, RING_MAP_NAME) as inner:
+            return schema.unpack_ring(inner.lookup_array_all(), self.tunables.ring_size)
+
+    def settings(self) -> Tuple[str, int]:
+        raw = self.maps["settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
+        mac, timeout_ns = schema.SETTINGS.unpack(raw[: schema.SETTINGS.size])
+        return schema.mac_str(mac), timeout_ns
+
+    def counter(self, map_name: str, index: int) -> Tuple[int, int]:
+        m = self.maps[map_name]
+        raw = m.lookup(schema.U32.pack(index))
+        return schema.sum_counters(raw, m.ncpu) if raw else (0, 0)
+
+    def outcomes(self) -> Dict[str, Tuple[int, int]]:
+        return {name: self.counter("outcomes", i) for i, name in enumerate(schema.OUTCOMES)}
+
+    # --- writing -------------------------------------------------------------
+
+    def set_settings(self, lb_mac: str, udp_timeout_s: int) -> bool:
+        """Write the settings record if it differs; returns True if written."""
+        want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), udp_timeout_s * 1_000_000_000)
+        m = self.maps["settings"]
+        if (m.lookup(schema.U32.pack(0)) or b"")[: len(want)] == want:
+            return False
+        m.update(schema.U32.pack(0), want)
+        self.writes += 1
+        return True
+
+    def _zero_counter(self, map_name: str, index: int) -> None:
+        m = self.maps[map_name]
+        m.update(schema.U32.pack(index), bytes(m.read_size))
+
+    def _swap_ring(self, vip_id: int, ring: Tuple[int, ...]) -> None:
+        """Build the new ring aside, then point the VIP at it in one update."""
+        n = schema.ring_values(self.tunables.ring_size)
+        fd = bpfsys.create_array(RING_MAP_NAME, schema.RING_VALUE.size, n)
+        try:
+            with bpfsys.Map(fd, RING_MAP_NAME, owned=False) as inner:
+                keys = b"".join(schema.U32.pack(i) for i in range(n))
+                inner.update_batch(keys, schema.pack_ring(ring, self.tunables.ring_size), n)
+            # The kernel waits for an RCU grace period: once this returns, no
+            # packet can still be reading the old ring.
+            self.maps["rings"].update_fd(schema.U32.pack(vip_id), fd)
+        finally:
+            os.close(fd)
+
+    def apply_op(self, op: Op) -> None:
+        if isinstance(op, PutBackend):
+            self.maps["backends"].update(
+                schema.U32.pack(op.backend_id),
+                schema.pack_backend(op.ip, op.mac, op.vip_id, op.weight),
+            )
+        elif isinstance(op, SwapRing):
+            self._swap_ring(op.vip_id, op.ring)
+        elif isinstance(op, PutVip):
+            self.maps["vips"].update(
+                schema.pack_vip_key(op.vip), schema.VIP_INFO.pack(op.vip_id, 0, op.digest)
+            )
+        elif isinstance(op, DelVip):
+            self.maps["vips"].delete(schema.pack_vip_key(op.vip))
+        elif isinstance(op, DelRing):
+            self.maps["rings"].delete(schema.U32.pack(op.vip_id))
+            self._zero_counter("vip_stats", op.vip_id)
+        elif isinstance(op, DelBackend):
+            self.maps["backends"].update(schema.U32.pack(op.backend_id), schema.EMPTY_BACKEND)
+            self._zero_counter("backend_stats", op.backend_id)
+        else:
+            raise TypeError(f"unknown operation {op!r}")
+        self.writes += 1
+
+    def apply(self, ops: Iterable[Op], on_op: Optional[Callable[[Op], None]] = None) -> int:
+        """Apply ops in order; `on_op` runs after each (logging, fault injection)."""
+        n = 0
+        for op in ops:
+            self.apply_op(op)
+            n += 1
+            if on_op is not None:
+                on_op(op)
+        return n
+
+    # --- whole-table helpers (tests, `xdplb detach`) ---------------------------
+
+    def flush_conntrack(self) -> None:
+        ct = self.maps["conntrack"]
+        for k in list(ct.keys()):
+            ct.delete(k)
+
+    def conntrack(self) -> List[Tuple[bytes, bytes]]:
+        return self.maps["conntrack"].items()
+
+
+def lookup_flow(dp: DataPlane, src: IPAddress, dst: IPAddress, sport: int, dport: int,
+                proto: str) -> Optional[Tuple[int, int, int]]:
+    """(backend_id, vip_id, last_seen_ns) of a conntrack entry, if any."""
+    raw = dp.maps["conntrack"].lookup(schema.pack_flow_key(src, dst, sport, dport, proto))
+    if raw is None:
+        return None
+    b, v, t = schema.CT_ENTRY.unpack(raw[: schema.CT_ENTRY.size])
+    return b, v, t

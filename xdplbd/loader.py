@@ -1,0 +1,175 @@
+"""Compile bpf/xdplb.c with BCC, pin it beside its source digest, and check pins.
+
+A program whose digest (source + compile flags) is already pinned is reused
+with one bpf_obj_get: no compile, ~10 ms instead of ~0.4 s and 190 MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from . import bpfsys
+from .model import Tunables
+from .schema import MapSpec, map_specs
+
+log = logging.getLogger("xdplbd")
+
+PROG_PREFIX = "prog_"
+PRIVATE_HEADERS = "/var/lib/xdplb/kernel-headers"
+FUNC_NAME = "xdplb_main"
+
+
+class LoadError(RuntimeError):
+    """The data plane cannot be loaded; the message says why and what to do."""
+
+
+def source_path() -> Path:
+    """bpf/xdplb.c from a checkout, or the copy `make install` puts in /usr/share."""
+    env = os.environ.get("XDPLB_BPF_SOURCE")
+    candidates = [Path(env)] if env else []
+    candidates += [
+        Path(__file__).resolve().parent.parent / "bpf" / "xdplb.c",
+        Path("/usr/share/xdplb/bpf/xdplb.c"),
+        Path("/usr/local/share/xdplb/bpf/xdplb.c"),
+    ]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise LoadError("cannot find the data plane source xdplb.c (set XDPLB_BPF_SOURCE)")
+
+
+def cflags(t: Tunables, pin_dir: str) -> List[str]:
+    return [
+        f'-DPIN_DIR="{pin_dir}"',
+        f"-DMAX_VIPS={t.max_vips}",
+        f"-DMAX_REALS={t.max_reals}",
+        f"-DCT_SIZE={t.conntrack_size}",
+        f"-DRING_SIZE={t.ring_size}",
+    ]
+
+
+def source_digest(source: bytes, flags: List[str]) -> str:
+    h = hashlib.sha256(source)
+    for f in flags:
+        h.update(b"\0" + f.encode())
+    return h.hexdigest()[:16]
+
+
+_headers_checked = False
+
+
+def ensure_kernel_headers() -> None:
+    """Point BCC at the fallback header tree when the running kernel has none."""
+    global _headers_checked
+    if _headers_checked or os.environ.get("BCC_KERNEL_SOURCE"):
+        return
+    _headers_checked = True
+    release = os.uname().release
+    if os.path.isdir(f"/lib/modules/{release}/build/include") or os.path.exists(
+        "/sys/kernel/kheaders.tar.xz"
+    ):
+        return
+    if os.path.isfile(os.path.join(PRIVATE_HEADERS, ".complete")):
+        log.warning(
+            "no kernel headers for %s; compiling against the distro's generic headers in %s",
+            release, PRIVATE_HEADERS,
+        )
+        os.environ["BCC_KERNEL_SOURCE"] = PRIVATE_HEADERS
+        return
+    raise LoadError(
+        f"no kernel headers for {release}: install linux-headers-{release} "
+        "(or run scripts/bootstrap.sh, which sets up a fallback)"
+    )
+
+
+def check_pins(pin_dir: str, t: Tunables) -> None:
+    """Refuse pinned maps whose shape differs from what this build declares."""
+    problems = []
+    for spec in map_specs(t):
+        path = os.path.join(pin_dir, spec.name)
+        if not os.path.exists(path):
+            continue
+        fd = bpfsys.obj_get(path)
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        diff = _describe_mismatch(spec, info)
+        if diff:
+            problems.append(f"pinned map {path}: {diff}")
+    if problems:
+        raise LoadError(
+            "; ".join(problems)
+            + ". The pins were made by a different build or tunables; restore the old "
+            "tunables, or run `xdplb detach` to remove them (this drops traffic)"
+        )
+
+
+def _describe_mismatch(spec: MapSpec, info: bpfsys.MapInfo) -> Optional[str]:
+    fields = [
+        ("type", spec.type, info.type_name),
+        ("key size", spec.key_size, info.key_size),
+        ("value size", spec.value_size, info.value_size),
+        ("max entries", spec.max_entries, info.max_entries),
+    ]
+    bad = [f"{n} is {got}, expected {want}" for n, want, got in fields if want != got]
+    return ", ".join(bad) or None
+
+
+@dataclass
+class Program:
+    fd: int
+    digest: str
+    pin_path: str
+    compiled: bool  # False when an identical pinned program was reused
+    info: bpfsys.ProgInfo
+
+
+def pinned_programs(pin_dir: str) -> List[str]:
+    try:
+        return sorted(n for n in os.listdir(pin_dir) if n.startswith(PROG_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def load(pin_dir: str, t: Tunables) -> Program:
+    """Open the pinned program for this source, or compile and pin it."""
+    os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+    check_pins(pin_dir, t)
+    src_path = source_path()
+    source = src_path.read_bytes()
+    flags = cflags(t, pin_dir)
+    digest = source_digest(source, flags)
+    pin_path = os.path.join(pin_dir, PROG_PREFIX + digest)
+    if os.path.exists(pin_path):
+        fd = bpfsys.obj_get(pin_path)
+        return Program(fd, digest, pin_path, False, bpfsys.prog_info(fd))
+
+    ensure_kernel_headers()
+    from bcc import BPF  # imported lazily: ~70 MB, only needed to compile
+
+    try:
+        bpf = BPF(text=source, cflags=flags)
+        fn = bpf.load_func(FUNC_NAME.encode(), BPF.XDP)
+    except Exception as e:  # bcc raises bare Exception on compile/verify errors
+        raise LoadError(f"cannot compile/load {src_path}: {e}") from e
+    fd = os.dup(fn.fd)  # outlive the BPF object, which closes its own fds
+    tmp = os.path.join(pin_dir, "tmp_" + PROG_PREFIX + digest)  # bpffs names allow no dots
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    bpfsys.obj_pin(fd, tmp)
+    os.rename(tmp, pin_path)
+    bpf.cleanup()
+    return Program(fd, digest, pin_path, True, bpfsys.prog_info(fd))
+
+
+def remove_stale_programs(pin_dir: str, keep: str) -> None:
+    """Unpin programs of older digests once the new one is attached."""
+    for name in pinned_programs(pin_dir):
+        if name != os.path.basename(keep):
+            os.unlink(os.path.join(pin_dir, name))

@@ -1,0 +1,188 @@
+"""Binary layouts of the data plane's maps, mirrored from bpf/xdplb.c.
+
+Pure: packing, unpacking and the expected shape of every pinned map, so the
+loader can refuse a pin that does not match (bcc does not check).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .model import IPAddress, PROTOCOLS, Tunables, VipKey
+
+FAMILY_V4 = 4
+FAMILY_V6 = 6
+BACKEND_ACTIVE = 1
+RING_LANES = 4  # u16 backend ids per 8-byte ring value
+
+VIP_KEY = struct.Struct("<16s2sBB")  # addr, port (network order), proto, family
+VIP_INFO = struct.Struct("<IIQ")  # vip_id, flags, ring_digest
+BACKEND = struct.Struct("<6sBBII16s")  # mac, family, flags, vip_id, weight, addr
+FLOW_KEY = struct.Struct("<16s16s2s2sBB2x")  # src, dst, sport, dport, proto, family
+CT_ENTRY = struct.Struct("<IIQ")  # backend_id, vip_id, last_seen_ns
+COUNTER = struct.Struct("<QQ")  # packets, bytes
+SETTINGS = struct.Struct("<6s2xQ")  # lb_mac, udp_timeout_ns
+RING_VALUE = struct.Struct("<4H")
+U32 = struct.Struct("<I")
+
+# Outcome counter indices: enum outcome in bpf/xdplb.c.
+OUTCOMES = (
+    "tx", "pass", "drop", "no_real", "ct_hit", "ct_miss", "ct_insert",
+    "icmp_routed", "fragment", "malformed",
+)
+PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    type: str
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def ring_values(ring_size: int) -> int:
+    return (ring_size + RING_LANES - 1) // RING_LANES
+
+
+def map_specs(t: Tunables) -> List[MapSpec]:
+    """Every pinned map, as bpf/xdplb.c declares it for these tunables."""
+    return [
+        MapSpec("vips", "hash", VIP_KEY.size, VIP_INFO.size, t.max_vips),
+        MapSpec("rings", "array_of_maps", 4, 4, t.max_vips),
+        MapSpec("backends", "array", 4, BACKEND.size, t.max_reals),
+        MapSpec("conntrack", "lru_hash", FLOW_KEY.size, CT_ENTRY.size, t.conntrack_size),
+        MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
+        MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
+        MapSpec("outcomes", "percpu_array", 4, COUNTER.size, len(OUTCOMES)),
+        MapSpec("settings", "array", 4, SETTINGS.size, 1),
+    ]
+
+
+def ring_spec(t: Tunables) -> MapSpec:
+    return MapSpec("ring", "array", 4, RING_VALUE.size, ring_values(t.ring_size))
+
+
+# --- addresses ---------------------------------------------------------------
+
+def family_of(addr: IPAddress) -> int:
+    return FAMILY_V4 if addr.version == 4 else FAMILY_V6
+
+
+def addr16(addr: IPAddress) -> bytes:
+    return addr.packed.ljust(16, b"\0")
+
+
+def addr_from16(raw: bytes, family: int) -> IPAddress:
+    if family == FAMILY_V4:
+        return ipaddress.IPv4Address(raw[:4])
+    return ipaddress.IPv6Address(raw[:16])
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(p, 16) for p in mac.replace("-", ":").split(":"))
+
+
+def mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw[:6])
+
+
+# --- records -----------------------------------------------------------------
+
+def pack_vip_key(key: VipKey) -> bytes:
+    return VIP_KEY.pack(
+        addr16(key.addr), key.port.to_bytes(2, "big"), PROTOCOLS[key.proto], family_of(key.addr)
+    )
+
+
+def unpack_vip_key(raw: bytes) -> Optional[VipKey]:
+    addr, port, proto, family = VIP_KEY.unpack(raw[: VIP_KEY.size])
+    if proto not in PROTO_NAMES or family not in (FAMILY_V4, FAMILY_V6):
+        return None
+    return VipKey(addr_from16(addr, family), int.from_bytes(port, "big"), PROTO_NAMES[proto])
+
+
+@dataclass(frozen=True)
+class BackendRec:
+    mac: str
+    family: int
+    flags: int
+    vip_id: int
+    weight: int
+    ip: IPAddress
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flags & BACKEND_ACTIVE)
+
+
+def pack_backend(ip: IPAddress, mac: str, vip_id: int, weight: int) -> bytes:
+    return BACKEND.pack(mac_bytes(mac), family_of(ip), BACKEND_ACTIVE, vip_id, weight, addr16(ip))
+
+
+EMPTY_BACKEND = bytes(BACKEND.size)
+
+
+def unpack_backend(raw: bytes) -> Optional[BackendRec]:
+    mac, family, flags, vip_id, weight, addr = BACKEND.unpack(raw[: BACKEND.size])
+    if not flags & BACKEND_ACTIVE or family not in (FAMILY_V4, FAMILY_V6):
+        return None
+    return BackendRec(mac_str(mac), family, flags, vip_id, weight, addr_from16(addr, family))
+
+
+def pack_flow_key(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: str) -> bytes:
+    return FLOW_KEY.pack(
+        addr16(src), addr16(dst), sport.to_bytes(2, "big"), dport.to_bytes(2, "big"),
+        PROTOCOLS[proto], family_of(dst),
+    )
+
+
+@dataclass(frozen=True)
+class Flow:
+    src: IPAddress
+    dst: IPAddress
+    sport: int
+    dport: int
+    proto: str
+
+
+def unpack_flow_key(raw: bytes) -> Optional[Flow]:
+    src, dst, sport, dport, proto, family = FLOW_KEY.unpack(raw[: FLOW_KEY.size])
+    if proto not in PROTO_NAMES or family not in (FAMILY_V4, FAMILY_V6):
+        return None
+    return Flow(
+        addr_from16(src, family), addr_from16(dst, family), int.from_bytes(sport, "big"),
+        int.from_bytes(dport, "big"), PROTO_NAMES[proto],
+    )
+
+
+def pack_ring(ring: Tuple[int, ...], ring_size: int) -> bytes:
+    """Pack backend ids four to a value; the tail of the last value is 0."""
+    n = ring_values(ring_size)
+    ids = list(ring) + [0] * (n * RING_LANES - len(ring))
+    return struct.pack(f"<{len(ids)}H", *ids)
+
+
+def unpack_ring(values: List[bytes], ring_size: int) -> Tuple[int, ...]:
+    ids: List[int] = []
+    for v in values:
+        ids.extend(RING_VALUE.unpack(v[: RING_VALUE.size]))
+    return tuple(ids[:ring_size])
+
+
+def sum_counters(raw: bytes, ncpu: int) -> Tuple[int, int]:
+    """Add up a per-CPU `struct counter` (each CPU's slot is 8-byte aligned)."""
+    packets = nbytes = 0
+    for cpu in range(ncpu):
+        p, b = COUNTER.unpack_from(raw, cpu * COUNTER.size)
+        packets += p
+        nbytes += b
+    return packets, nbytes
+
+
+def counters_by_name(raws: Dict[int, bytes], ncpu: int) -> Dict[str, Tuple[int, int]]:
+    return {OUTCOMES[i]: sum_counters(raws[i], ncpu) for i in range(len(OUTCOMES)) if i in raws}
