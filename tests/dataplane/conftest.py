@@ -62,3 +62,17 @@ def dpx(program: loader.Program) -> Iterator[DataPlaneHarness]:
 
 
 assert shutil.which("ip"), "iproute2 is required (scripts/bootstrap.sh installs it)"
+
+
+@pytest.fixture(scope="module")
+def dpx_fuzz(program: loader.Program) -> Iterator[DataPlaneHarness]:
+    """Module-scoped (hypothesis runs many examples per test function)."""
+    from tests.dataplane.test_fuzz import _configure
+
+    h = DataPlaneHarness(program, PIN_DIR)
+    h.reset(LB_MAC)
+    _configure(h)
+    try:
+        yield h
+    finally:
+        h.close()

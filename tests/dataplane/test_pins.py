@@ -1,0 +1,49 @@
+"""Pinned maps that do not match this build are refused, naming the map."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.dataplane.harness import TEST_TUNABLES
+from xdplbd import bpfsys, loader
+
+
+def test_wrong_value_size_under_a_pinned_name_is_refused() -> None:
+    pin_dir = f"/sys/fs/bpf/xdplb-badpin-{os.getpid()}"
+    os.makedirs(pin_dir, exist_ok=True)
+    fd = bpfsys.create_array("backends", 8, TEST_TUNABLES.max_reals)  # real value is 32 bytes
+    try:
+        bpfsys.obj_pin(fd, f"{pin_dir}/backends")
+        with pytest.raises(loader.LoadError) as err:
+            loader.load(pin_dir, TEST_TUNABLES)
+        msg = str(err.value)
+        assert f"{pin_dir}/backends" in msg
+        assert "value size is 8, expected 32" in msg
+        assert "type is array, expected array" not in msg
+        assert not loader.pinned_programs(pin_dir), "nothing may be loaded after a refusal"
+    finally:
+        os.close(fd)
+        for name in os.listdir(pin_dir):
+            os.unlink(os.path.join(pin_dir, name))
+        os.rmdir(pin_dir)
+
+
+def test_changed_tunable_is_refused(program: loader.Program) -> None:
+    from tests.dataplane.conftest import PIN_DIR
+
+    bigger = TEST_TUNABLES.__class__(**{**TEST_TUNABLES.__dict__, "conntrack_size": 131072})
+    with pytest.raises(loader.LoadError, match=r"conntrack: max entries is 65536, expected 131072"):
+        loader.load(PIN_DIR, bigger)
+
+
+def test_unchanged_source_reuses_the_pinned_program(program: loader.Program) -> None:
+    from tests.dataplane.conftest import PIN_DIR
+
+    again = loader.load(PIN_DIR, TEST_TUNABLES)
+    try:
+        assert not again.compiled
+        assert again.info.id == program.info.id
+    finally:
+        os.close(again.fd)
