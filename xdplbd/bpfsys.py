@@ -57,7 +57,9 @@ class _XdpQueryOpts(ctypes.Structure):
 
 
 class _BatchOpts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+    _fields_ = [
+        ("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+    ]
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -350,7 +352,7 @@ class TestRunResult:
 
 
 def test_run(prog_fd: int, frame: bytes, repeat: int = 1, flags: int = 0,
-             batch_size: int = 0) -> TestRunResult:
+             batch_size: int = 0, ctx: Optional[bytes] = None) -> TestRunResult:
     out = ctypes.create_string_buffer(max(len(frame) + 256, 4096))
     opts = _TestRunOpts()
     opts.sz = ctypes.sizeof(_TestRunOpts)
@@ -360,6 +362,10 @@ def test_run(prog_fd: int, frame: bytes, repeat: int = 1, flags: int = 0,
     if not flags & BPF_F_TEST_XDP_LIVE_FRAMES:
         opts.data_out = ctypes.cast(out, ctypes.c_void_p)
         opts.data_size_out = len(out)
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(ctx, len(ctx))
+        opts.ctx_in = ctypes.cast(ctx_buf, ctypes.c_void_p)
+        opts.ctx_size_in = len(ctx)
     opts.repeat = repeat
     opts.flags = flags
     opts.batch_size = batch_size

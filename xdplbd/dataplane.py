@@ -89,7 +89,9 @@ class DataPlane:
         return LiveState(
             vips=tuple(sorted(live, key=lambda v: v.id)),
             orphan_vip_ids=frozenset(set(rings) - live_ids),
-            orphan_backend_ids=frozenset(b for b, r in backends.items() if r.vip_id not in live_ids),
+            orphan_backend_ids=frozenset(
+                b for b, r in backends.items() if r.vip_id not in live_ids
+            ),
         )
 
     def ring(self, vip_id: int) -> Optional[Tuple[int, ...]]:

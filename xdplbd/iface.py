@@ -28,7 +28,8 @@ def ifindex(name: str) -> int:
 def mac_address(name: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            raw = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()[:IFNAMSIZ - 1]))
+            req = struct.pack("256s", name.encode()[: IFNAMSIZ - 1])
+            raw = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)
         except OSError as e:
             raise InterfaceError(f"cannot read the MAC of {name!r}: {e.strerror}") from e
     return ":".join(f"{b:02x}" for b in raw[18:24])

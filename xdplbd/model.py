@@ -67,3 +67,36 @@ class Config:
     xdp_mode: str = "auto"
     tunables: Tunables = field(default_factory=Tunables)
     metrics: Metrics = field(default_factory=Metrics)
+
+
+# -- Live state: what the pinned maps hold, as read back by the shell --------
+
+
+@dataclass(frozen=True)
+class LiveBackend:
+    """One backend slot in use: a (VIP, real) pair; id in [1, max_reals)."""
+
+    id: int
+    ip: IPAddress
+    mac: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class LiveVip:
+    """A VIP in the VIP hash: its ring slot, the digest of its live ring, its backends."""
+
+    key: VipKey
+    id: int
+    ring_digest: int
+    backends: Tuple[LiveBackend, ...]
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The data plane as found. Orphans are ring slots / backends that no live VIP
+    references (left by a crash mid-apply); their ids count as used until deleted."""
+
+    vips: Tuple[LiveVip, ...] = ()
+    orphan_vip_ids: frozenset[int] = frozenset()
+    orphan_backend_ids: frozenset[int] = frozenset()

@@ -26,11 +26,15 @@ def _flows(seed: int) -> List[Tuple[str, int]]:
     rnd = random.Random(seed)
     out = set()
     while len(out) < N_FLOWS:
-        out.add((f"172.16.{rnd.randrange(256)}.{rnd.randrange(1, 255)}", rnd.randrange(1024, 65536)))
+        src = f"172.16.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+        out.add((src, rnd.randrange(1024, 65536)))
     return sorted(out)
 
 
-def _send(lb: DataPlaneHarness, flows: List[Tuple[str, int]], flags: str) -> Dict[Tuple[str, int], str]:
+Flows = List[Tuple[str, int]]
+
+
+def _send(lb: DataPlaneHarness, flows: Flows, flags: str) -> Dict[Tuple[str, int], str]:
     owner = {}
     # scapy builds one template; each flow patches its source address and port
     # (offsets of an untagged IPv4/TCP frame; XDP does not check checksums).

@@ -1,0 +1,522 @@
+"""Parse and validate lb_conf.json into a Config.
+
+Everything is checked before anything reaches the kernel, and every problem is
+reported at once, each with the field's path (`vips[1].reals[0].mac`) and the
+reason, so an operator fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from xdplbd.model import (
+    PROTOCOLS,
+    XDP_MODES,
+    Config,
+    IPAddress,
+    Metrics,
+    Real,
+    Tunables,
+    Vip,
+    VipKey,
+)
+
+MAX_RING_SIZE = 1_000_003  # a prime; each ring costs 8 bytes a slot in the kernel
+MAX_REALS_LIMIT = 65535  # backend ids are u16 in the ring
+MAX_WEIGHT = 1000
+MAX_UDP_TIMEOUT = 86400
+RING_SLOTS_PER_REAL = 100  # Maglev paper: M >= 100 x N keeps shares within ~1%
+
+_TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics")
+_VIP_KEYS = ("vip", "port", "protocol", "reals")
+_REAL_KEYS = ("ip", "mac", "weight")
+_TUNABLE_KEYS = ("max_vips", "max_reals", "conntrack_size", "ring_size", "udp_timeout")
+_METRICS_KEYS = ("listen",)
+
+# A string, or a comment (line, block, or an unterminated block to report).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|//[^\n]*|/\*.*?\*/|/\*', re.S)
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str  # e.g. "vips[1].reals[0].mac"; "" for the whole document
+    reason: str
+
+
+class ConfigError(Exception):
+    """The config is unusable; str() gives one `{source}: {path}: {reason}` line per error."""
+
+    def __init__(self, source: str, errors: Sequence[FieldError]) -> None:
+        self.source = source
+        self.errors: List[FieldError] = list(errors)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{self.source}: {e.path}: {e.reason}" if e.path else f"{self.source}: {e.reason}"
+            for e in self.errors
+        )
+
+
+class _Object(Dict[str, Any]):
+    """A JSON object that remembers keys given twice (json keeps only the last)."""
+
+    duplicates: List[str]
+
+
+def _object_hook(pairs: List[Tuple[str, Any]]) -> _Object:
+    obj = _Object()
+    obj.duplicates = []
+    for k, v in pairs:
+        if k in obj:
+            obj.duplicates.append(k)
+        obj[k] = v
+    return obj
+
+
+def config_digest(text: bytes) -> str:
+    """sha256 hex of the raw file, recorded in state.toml."""
+    return hashlib.sha256(text).hexdigest()
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a config file; unreadable files raise ConfigError too."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, [FieldError("", f"not UTF-8 text: {e.reason}")]) from e
+    return parse_config(text, path)
+
+
+def strip_comments(text: str) -> str:
+    """Blank out // and /* */ comments outside strings, keeping line/column positions.
+
+    Raises ValueError(message) for an unterminated block comment.
+    """
+
+    def blank(m: re.Match[str]) -> str:
+        tok = m.group(0)
+        if tok.startswith('"'):
+            return tok
+        if tok == "/*":
+            line, col = _line_col(text, m.start())
+            raise ValueError(f"line {line} column {col}: unterminated /* comment")
+        # Keep newlines so json's line numbers still match the file.
+        return re.sub(r"[^\n]", " ", tok)
+
+    return _TOKENS.sub(blank, text)
+
+
+def _line_col(text: str, pos: int) -> Tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Parse JSON-with-comments text into a Config, or raise ConfigError with all errors."""
+    try:
+        doc = json.loads(strip_comments(text), object_pairs_hook=_object_hook)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            source, [FieldError("", f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}")]
+        ) from None
+    except ValueError as e:
+        raise ConfigError(source, [FieldError("", f"invalid JSON: {e}")]) from None
+    v = _Validator()
+    cfg = v.document(doc)
+    if v.errors or cfg is None:
+        raise ConfigError(source, v.errors)
+    return cfg
+
+
+def _describe(value: Any) -> str:
+    """How a JSON value is named in a type error."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"number {json.dumps(value)}"
+    if isinstance(value, str):
+        return f"string {json.dumps(value)}"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def _valid_ifname(name: str) -> bool:
+    # The kernel's dev_valid_name(): 1..15 bytes, not "." or "..", no '/', ':' or space.
+    return (
+        0 < len(name.encode()) <= 15
+        and name not in (".", "..")
+        and not any(c == "/" or c == ":" or c.isspace() for c in name)
+    )
+
+
+def _valid_hostname(host: str) -> bool:
+    host = host[:-1] if host.endswith(".") else host
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.match(p) for p in host.split("."))
+
+
+class _Validator:
+    """Walks the parsed JSON, collecting FieldErrors instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: List[FieldError] = []
+
+    def err(self, path: str, reason: str) -> None:
+        self.errors.append(FieldError(path, reason))
+
+    # -- generic checks -------------------------------------------------------
+
+    def obj(self, value: Any, path: str, allowed: Sequence[str]) -> Optional[_Object]:
+        """Check value is an object with only allowed keys; None if not an object."""
+        if not isinstance(value, dict):
+            self.err(path, f"must be an object, got {_describe(value)}")
+            return None
+        assert isinstance(value, _Object)
+        for k in value.duplicates:
+            self.err(_join(path, k), f'key "{k}" is given more than once')
+        for k in value:
+            if k not in allowed:
+                hint = difflib.get_close_matches(k, allowed, n=1)
+                dym = f'; did you mean "{hint[0]}"?' if hint else ""
+                self.err(
+                    _join(path, k),
+                    f'unknown key "{k}" (allowed: {", ".join(allowed)}){dym}',
+                )
+        return value
+
+    def string(self, value: Any, path: str) -> Optional[str]:
+        if not isinstance(value, str):
+            self.err(path, f"must be a string, got {_describe(value)}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, lo: int, hi: Optional[int]) -> Optional[int]:
+        # bool is a subclass of int in Python but not a number in the config.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.err(path, f"must be an integer, got {_describe(value)}")
+            return None
+        if value < lo or (hi is not None and value > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            self.err(path, f"{value} is out of range {rng}")
+            return None
+        return int(value)
+
+    def address(self, value: Any, path: str) -> Optional[IPAddress]:
+        s = self.string(value, path)
+        if s is None:
+            return None
+        if "%" in s:
+            self.err(path, f"{json.dumps(s)}: scoped IPv6 addresses are not supported")
+            return None
+        try:
+            addr = ipaddress.ip_address(s)
+        except ValueError:
+            self.err(path, f"{json.dumps(s)} is not an IP address")
+            return None
+        if addr.is_unspecified:
+            self.err(path, f"{json.dumps(s)} is the unspecified address")
+        elif addr.is_multicast:
+            self.err(path, f"{json.dumps(s)} is a multicast address")
+        elif addr == ipaddress.IPv4Address("255.255.255.255"):
+            self.err(path, f"{json.dumps(s)} is the broadcast address")
+        else:
+            return addr
+        return None
+
+    def mac(self, value: Any, path: str) -> Optional[str]:
+        s = self.string(value, path)
+        if s is None:
+            return None
+        if not _MAC.match(s):
+            self.err(path, f"{json.dumps(s)} is not a MAC address")
+            return None
+        mac = s.lower().replace("-", ":")
+        if mac == "ff:ff:ff:ff:ff:ff":
+            self.err(path, f"{json.dumps(s)} is the broadcast MAC address")
+        elif int(mac[:2], 16) & 1:
+            self.err(path, f"{json.dumps(s)} is a multicast MAC address")
+        elif mac == "00:00:00:00:00:00":
+            self.err(path, f"{json.dumps(s)} is the all-zero MAC address")
+        else:
+            return mac
+        return None
+
+    # -- sections ---------------------------------------------------------------
+
+    def document(self, doc: Any) -> Optional[Config]:
+        top = self.obj(doc, "", _TOP_KEYS)
+        if top is None:
+            return None
+        interface: Optional[str] = None
+        if "interface" in top:
+            interface = self.string(top["interface"], "interface")
+            if interface is not None and not _valid_ifname(interface):
+                self.err(
+                    "interface",
+                    f"{json.dumps(interface)} is not a valid interface name "
+                    '(1-15 characters, no "/", ":" or whitespace)',
+                )
+        xdp_mode = "auto"
+        if "xdp_mode" in top:
+            mode = self.string(top["xdp_mode"], "xdp_mode")
+            if mode is not None and mode not in XDP_MODES:
+                self.err(
+                    "xdp_mode",
+                    f"{json.dumps(mode)} is not an XDP mode (allowed: {', '.join(XDP_MODES)})",
+                )
+            elif mode is not None:
+                xdp_mode = mode
+        tunables, tun_ok = self.tunables(top.get("tunables"), "tunables" in top)
+        metrics = self.metrics(top["metrics"]) if "metrics" in top else Metrics()
+        if "vips" not in top:
+            self.err("vips", "is required")
+            return None
+        vips = self.vips(top["vips"], tunables, tun_ok)
+        if vips is None:
+            return None
+        return Config(
+            vips=vips,
+            interface=interface,
+            xdp_mode=xdp_mode,
+            tunables=tunables,
+            metrics=metrics,
+        )
+
+    def tunables(self, value: Any, given: bool) -> Tuple[Tunables, Dict[str, bool]]:
+        """The tunables, and which of them are valid (cross-checks skip the rest)."""
+        default = Tunables()
+        ok = {k: True for k in _TUNABLE_KEYS}
+        if not given:
+            return default, ok
+        obj = self.obj(value, "tunables", _TUNABLE_KEYS)
+        if obj is None:
+            return default, {k: False for k in _TUNABLE_KEYS}
+        limits: Dict[str, Tuple[int, Optional[int]]] = {
+            "max_vips": (1, None),
+            "max_reals": (1, MAX_REALS_LIMIT),
+            "conntrack_size": (1, None),
+            "ring_size": (1, MAX_RING_SIZE),
+            "udp_timeout": (1, MAX_UDP_TIMEOUT),
+        }
+        vals: Dict[str, int] = {}
+        for key, (lo, hi) in limits.items():
+            if key not in obj:
+                vals[key] = getattr(default, key)
+                continue
+            n = self.integer(obj[key], f"tunables.{key}", lo, hi)
+            if n is None:
+                ok[key] = False
+                vals[key] = getattr(default, key)
+            else:
+                vals[key] = n
+        if ok["ring_size"] and not _is_prime(vals["ring_size"]):
+            self.err("tunables.ring_size", f"{vals['ring_size']} is not prime")
+            ok["ring_size"] = False
+        return Tunables(**vals), ok
+
+    def metrics(self, value: Any) -> Metrics:
+        obj = self.obj(value, "metrics", _METRICS_KEYS)
+        if obj is None or "listen" not in obj:
+            return Metrics()
+        listen = self.string(obj["listen"], "metrics.listen")
+        if listen is None:
+            return Metrics()
+        reason = _listen_problem(listen)
+        if reason:
+            self.err("metrics.listen", f"{json.dumps(listen)}: {reason}")
+            return Metrics()
+        return Metrics(listen=listen)
+
+    def vips(self, value: Any, tun: Tunables, tun_ok: Dict[str, bool]) -> Optional[Tuple[Vip, ...]]:
+        if not isinstance(value, list):
+            self.err("vips", f"must be an array, got {_describe(value)}")
+            return None
+        vips: List[Vip] = []
+        seen_vip: Dict[VipKey, int] = {}
+        # real ip -> (normalised mac, path of its first occurrence)
+        seen_mac: Dict[IPAddress, Tuple[str, str]] = {}
+        total_reals = 0
+        for i, item in enumerate(value):
+            path = f"vips[{i}]"
+            n_reals = (
+                len(item["reals"])
+                if isinstance(item, dict) and isinstance(item.get("reals"), list)
+                else 0
+            )
+            total_reals += n_reals
+            if tun_ok["ring_size"] and n_reals * RING_SLOTS_PER_REAL > tun.ring_size:
+                self.err(
+                    f"{path}.reals",
+                    f"{n_reals} real{'s' if n_reals != 1 else ''} need"
+                    f"{'s' if n_reals == 1 else ''} tunables.ring_size >= "
+                    f"{RING_SLOTS_PER_REAL} x {n_reals} = {n_reals * RING_SLOTS_PER_REAL} "
+                    f"(a prime; it is {tun.ring_size})",
+                )
+            vip = self.vip(item, path, seen_mac)
+            if vip is None:
+                continue
+            if vip.key in seen_vip:
+                self.err(path, f"duplicate of vips[{seen_vip[vip.key]}] ({vip.key})")
+                continue
+            seen_vip[vip.key] = i
+            vips.append(vip)
+        if tun_ok["max_vips"] and len(value) > tun.max_vips:
+            self.err("vips", f"{len(value)} VIPs exceed tunables.max_vips = {tun.max_vips}")
+        if tun_ok["max_reals"] and total_reals > tun.max_reals - 1:
+            self.err(
+                "vips",
+                f"{total_reals} reals in total exceed tunables.max_reals - 1 = "
+                f"{tun.max_reals - 1} (backend id 0 is reserved)",
+            )
+        return tuple(vips)
+
+    def vip(
+        self, value: Any, path: str, seen_mac: Dict[IPAddress, Tuple[str, str]]
+    ) -> Optional[Vip]:
+        obj = self.obj(value, path, _VIP_KEYS)
+        if obj is None:
+            return None
+        ok = True
+        for key in _VIP_KEYS:
+            if key not in obj:
+                self.err(f"{path}.{key}", "is required")
+                ok = False
+        addr = self.address(obj["vip"], f"{path}.vip") if "vip" in obj else None
+        port = self.integer(obj["port"], f"{path}.port", 1, 65535) if "port" in obj else None
+        proto: Optional[str] = None
+        if "protocol" in obj:
+            p = self.string(obj["protocol"], f"{path}.protocol")
+            if p is not None and p.lower() not in PROTOCOLS:
+                self.err(
+                    f"{path}.protocol",
+                    f"{json.dumps(p)} is not a protocol (allowed: {', '.join(PROTOCOLS)})",
+                )
+            elif p is not None:
+                proto = p.lower()
+        reals: Optional[Tuple[Real, ...]] = None
+        if "reals" in obj:
+            reals = self.reals(obj["reals"], f"{path}.reals", addr, seen_mac)
+        if not ok or addr is None or port is None or proto is None or reals is None:
+            return None
+        return Vip(key=VipKey(addr=addr, port=port, proto=proto), reals=reals)
+
+    def reals(
+        self,
+        value: Any,
+        path: str,
+        vip_addr: Optional[IPAddress],
+        seen_mac: Dict[IPAddress, Tuple[str, str]],
+    ) -> Optional[Tuple[Real, ...]]:
+        if not isinstance(value, list):
+            self.err(path, f"must be an array, got {_describe(value)}")
+            return None
+        reals: List[Real] = []
+        seen_ip: Dict[IPAddress, int] = {}
+        ok = True
+        for j, item in enumerate(value):
+            rpath = f"{path}[{j}]"
+            real = self.real(item, rpath)
+            if real is None:
+                ok = False
+                continue
+            if vip_addr is not None and real.ip.version != vip_addr.version:
+                self.err(
+                    f"{rpath}.ip",
+                    f'"{real.ip}" is IPv{real.ip.version} but the VIP is IPv{vip_addr.version}',
+                )
+                ok = False
+            if real.ip in seen_ip:
+                self.err(f"{rpath}.ip", f'"{real.ip}" duplicates {path}[{seen_ip[real.ip]}]')
+                ok = False
+                continue
+            seen_ip[real.ip] = j
+            # One host has one MAC: the same real under two VIPs must agree.
+            if real.ip in seen_mac:
+                mac, where = seen_mac[real.ip]
+                if mac != real.mac:
+                    self.err(
+                        f"{rpath}.mac",
+                        f'"{real.mac}" differs from the MAC of {real.ip} in {where} ("{mac}")',
+                    )
+                    ok = False
+            else:
+                seen_mac[real.ip] = (real.mac, rpath)
+            reals.append(real)
+        return tuple(reals) if ok else None
+
+    def real(self, value: Any, path: str) -> Optional[Real]:
+        obj = self.obj(value, path, _REAL_KEYS)
+        if obj is None:
+            return None
+        ip: Optional[IPAddress] = None
+        mac: Optional[str] = None
+        for key in ("ip", "mac"):
+            if key not in obj:
+                self.err(f"{path}.{key}", "is required")
+        if "ip" in obj:
+            ip = self.address(obj["ip"], f"{path}.ip")
+        if "mac" in obj:
+            mac = self.mac(obj["mac"], f"{path}.mac")
+        weight: Optional[int] = 1
+        if "weight" in obj:
+            weight = self.integer(obj["weight"], f"{path}.weight", 0, MAX_WEIGHT)
+        if ip is None or mac is None or weight is None:
+            return None
+        return Real(ip=ip, mac=mac, weight=weight)
+
+
+def _listen_problem(listen: str) -> str:
+    """Why a metrics listen address is unusable, or "" if it is fine."""
+    if listen.startswith("["):
+        host, sep, port = listen[1:].partition("]:")
+        if not sep:
+            return 'is not "[IPv6]:port"'
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{json.dumps(host)} is not an IPv6 address"
+    else:
+        host, sep, port = listen.rpartition(":")
+        if not sep:
+            return 'is not "host:port"'
+        if ":" in host:
+            return "IPv6 addresses need brackets, e.g. [::1]:9110"
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not _valid_hostname(host) or host.replace(".", "").isdigit():
+                return f"{json.dumps(host)} is not an IP address or hostname"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"port {json.dumps(port)} is not in 1..65535"
+    return ""

@@ -1,0 +1,348 @@
+"""The diff: (live state, desired Config) -> ordered data plane operations.
+
+Pure. The order keeps the data plane consistent at every instant: a packet
+never finds a VIP without a ring, nor a ring slot naming a missing backend.
+Per VIP: new backends first, then the ring swap (one map update) bracketed by
+VIP-entry writes of its digest (unknown, then the new one), and only then the
+backends that no ring references any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from xdplbd.maglev import populate, ring_digest
+from xdplbd.model import Config, IPAddress, LiveBackend, LiveState, LiveVip, Real, Vip, VipKey
+
+
+class PlanError(Exception):
+    """The desired config cannot be reached from the live state (e.g. out of ids)."""
+
+
+# -- operations ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutBackend:
+    vip: VipKey
+    vip_id: int
+    backend_id: int
+    ip: IPAddress
+    mac: str
+    weight: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SwapRing:
+    vip: VipKey
+    vip_id: int
+    ring: Tuple[int, ...] = field(repr=False)  # backend id per slot, 0 = none, length m
+    digest: int
+    moved: int  # slots whose backend differs from the ring of the live backends; m if new
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PutVip:
+    vip: VipKey
+    vip_id: int
+    digest: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DelVip:
+    vip: VipKey
+    vip_id: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DelRing:
+    vip_id: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DelBackend:
+    backend_id: int
+    vip: Optional[VipKey]  # None for an orphan
+    ip: Optional[IPAddress]
+    note: str = ""
+
+
+Op = Union[PutBackend, SwapRing, PutVip, DelVip, DelRing, DelBackend]
+
+ADDED, REMOVED, CHANGED, UNCHANGED = "added", "removed", "changed", "unchanged"
+UNKNOWN_DIGEST = 0  # stored while a VIP's ring is being replaced
+
+
+@dataclass(frozen=True)
+class VipSummary:
+    """One VIP's outcome, for `xdplb check --plan` and state.toml."""
+
+    key: VipKey
+    action: str  # added | removed | changed | unchanged
+    reals: int  # desired reals (live ones for a removed VIP)
+    moved: int  # ring slots that change backend; ring_size if added, 0 if no swap
+    ring_size: int
+    swapped: bool  # whether the ring is replaced
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: Tuple[Op, ...]
+    vips: Tuple[VipSummary, ...]
+    orphan_rings: int = 0
+    orphan_backends: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.ops
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+class _Ids:
+    """Smallest-free-id allocator over [lo, hi), used ids given up front."""
+
+    def __init__(self, lo: int, hi: int, used: Set[int], what: str) -> None:
+        self.lo, self.hi, self.used, self.what = lo, hi, set(used), what
+
+    def take(self) -> int:
+        for i in range(self.lo, self.hi):
+            if i not in self.used:
+                self.used.add(i)
+                return i
+        raise PlanError(self.what)
+
+    def free(self, i: int) -> None:
+        self.used.discard(i)
+
+
+def build_ring(backends: Sequence[Tuple[IPAddress, int, int]], m: int) -> Tuple[int, ...]:
+    """The Maglev ring of (ip, weight, backend id) triples, as backend ids (0 = none)."""
+    weights = {str(ip): w for ip, w, _ in backends}
+    id_of = {str(ip): bid for ip, _, bid in backends}
+    ids = [id_of[name] for name in sorted(weights)]
+    idx = populate(weights, m)
+    if idx[0] < 0:  # no real with weight > 0: every slot is empty
+        return (0,) * m
+    return tuple(map(ids.__getitem__, idx))
+
+
+def desired_digest(vip: Vip, m: int) -> int:
+    return ring_digest({str(r.ip): r.weight for r in vip.reals}, m)
+
+
+def _dedupe(lv: LiveVip) -> Tuple[Dict[IPAddress, LiveBackend], List[LiveBackend]]:
+    """Live backends by ip, keeping the lowest id; and the surplus duplicates."""
+    keep: Dict[IPAddress, LiveBackend] = {}
+    extra: List[LiveBackend] = []
+    for b in sorted(lv.backends, key=lambda b: b.id):
+        if b.ip in keep:
+            extra.append(b)
+        else:
+            keep[b.ip] = b
+    return keep, extra
+
+
+def _weight_note(key: VipKey, ip: IPAddress, old: int, new: int) -> str:
+    tail = " (draining)" if new == 0 else ""
+    return f"vip {key}: real {ip} weight {old} -> {new}{tail}"
+
+
+# -- the plan -------------------------------------------------------------------
+
+
+def make_plan(live: LiveState, desired: Config) -> Plan:
+    """Ops that turn the live data plane into the desired config, safest order first."""
+    m = desired.tunables.ring_size
+    max_vips, max_reals = desired.tunables.max_vips, desired.tunables.max_reals
+    for lv in live.vips:
+        if lv.id >= max_vips or any(b.id >= max_reals for b in lv.backends):
+            raise PlanError(
+                f"vip {lv.key}: live ids exceed tunables.max_vips={max_vips} / "
+                f"max_reals={max_reals}; the maps must be recreated (xdplb detach)"
+            )
+    vip_ids = _Ids(
+        0,
+        max_vips,
+        {lv.id for lv in live.vips} | set(live.orphan_vip_ids),
+        f"not enough VIP ids: tunables.max_vips = {max_vips}",
+    )
+    backend_ids = _Ids(
+        1,
+        max_reals,
+        {b.id for lv in live.vips for b in lv.backends} | set(live.orphan_backend_ids),
+        f"not enough backend ids: tunables.max_reals = {max_reals} allows ids "
+        f"1..{max_reals - 1}, and new backends are added before old ones are deleted",
+    )
+    ops: List[Op] = []
+    summaries: List[VipSummary] = []
+
+    # (1) Orphans: nothing references them, so they can go first and free their ids.
+    for vid in sorted(live.orphan_vip_ids):
+        ops.append(DelRing(vid))
+        vip_ids.free(vid)
+    for bid in sorted(live.orphan_backend_ids):
+        ops.append(DelBackend(bid, None, None))
+        backend_ids.free(bid)
+
+    # (2) Removed VIPs: unhook the VIP before its ring, the ring before its backends.
+    wanted = {v.key for v in desired.vips}
+    for lv in live.vips:
+        if lv.key in wanted:
+            continue
+        ops.append(DelVip(lv.key, lv.id, f"vip {lv.key}: -vip"))
+        ops.append(DelRing(lv.id))
+        vip_ids.free(lv.id)
+        keep, _ = _dedupe(lv)
+        for b in sorted(lv.backends, key=lambda b: b.id):
+            note = f"vip {lv.key}: -real {b.ip}" if keep.get(b.ip) is b else ""
+            ops.append(DelBackend(b.id, lv.key, b.ip, note))
+            backend_ids.free(b.id)
+        summaries.append(VipSummary(lv.key, REMOVED, len(keep), 0, m, False))
+
+    # (3) New and changed VIPs, in config order.
+    live_by_key = {lv.key: lv for lv in live.vips}
+    for vip in desired.vips:
+        found = live_by_key.get(vip.key)
+        if found is None:
+            vip_ops, summary = _add_vip(vip, m, vip_ids, backend_ids)
+        else:
+            vip_ops, summary = _change_vip(vip, found, m, backend_ids)
+        ops.extend(vip_ops)
+        summaries.append(summary)
+
+    return Plan(
+        tuple(ops),
+        tuple(summaries),
+        len(live.orphan_vip_ids),
+        len(live.orphan_backend_ids),
+    )
+
+
+def _add_vip(vip: Vip, m: int, vip_ids: _Ids, backend_ids: _Ids) -> Tuple[List[Op], VipSummary]:
+    key = vip.key
+    vid = vip_ids.take()
+    ops: List[Op] = []
+    triples: List[Tuple[IPAddress, int, int]] = []
+    for r in vip.reals:
+        bid = backend_ids.take()
+        ops.append(PutBackend(key, vid, bid, r.ip, r.mac, r.weight, f"vip {key}: +real {r.ip}"))
+        triples.append((r.ip, r.weight, bid))
+    digest = desired_digest(vip, m)
+    ops.append(SwapRing(key, vid, build_ring(triples, m), digest, m))
+    ops.append(PutVip(key, vid, digest, f"vip {key}: +vip"))
+    return ops, VipSummary(key, ADDED, len(vip.reals), m, m, True)
+
+
+def _change_vip(vip: Vip, lv: LiveVip, m: int, backend_ids: _Ids) -> Tuple[List[Op], VipSummary]:
+    key, vid = vip.key, lv.id
+    keep, extra = _dedupe(lv)
+    ops: List[Op] = []
+    triples: List[Tuple[IPAddress, int, int]] = []
+    for r in vip.reals:
+        old = keep.get(r.ip)
+        if old is None:
+            bid = backend_ids.take()
+            ops.append(PutBackend(key, vid, bid, r.ip, r.mac, r.weight, f"vip {key}: +real {r.ip}"))
+        else:
+            bid = old.id
+            ops.extend(_update_backend(key, vid, old, r))
+        triples.append((r.ip, r.weight, bid))
+
+    digest = desired_digest(vip, m)
+    live_weights = {str(b.ip): b.weight for b in keep.values()}
+    # The stored digest is trusted only if it matches the live backends, as it does
+    # after every complete apply; otherwise a crash left us mid-change and the ring
+    # in the kernel is unknown. A surplus duplicate may also be what the ring uses.
+    trusted = lv.ring_digest == ring_digest(live_weights, m) and not extra
+    swap = digest != lv.ring_digest or not trusted
+    moved = 0
+    if swap:
+        ring = build_ring(triples, m)
+        old_ring = build_ring([(b.ip, b.weight, b.id) for b in keep.values()], m)
+        moved = sum(1 for a, b in zip(ring, old_ring) if a != b)
+        # Mark the stored digest unknown while the ring changes, so a crash between
+        # the swap and the final PutVip is never mistaken for a finished one.
+        ops.append(PutVip(key, vid, UNKNOWN_DIGEST))
+        ops.append(SwapRing(key, vid, ring, digest, moved))
+        ops.append(PutVip(key, vid, digest))
+
+    # Only now is no ring slot left pointing at these.
+    wanted = {r.ip for r in vip.reals}
+    for b in sorted(keep.values(), key=lambda b: b.id):
+        if b.ip not in wanted:
+            ops.append(DelBackend(b.id, key, b.ip, f"vip {key}: -real {b.ip}"))
+            backend_ids.free(b.id)
+    for b in extra:
+        ops.append(DelBackend(b.id, key, b.ip))
+        backend_ids.free(b.id)
+
+    action = CHANGED if ops else UNCHANGED
+    return ops, VipSummary(key, action, len(vip.reals), moved, m, swap)
+
+
+def _update_backend(key: VipKey, vid: int, old: LiveBackend, new: Real) -> List[Op]:
+    """PutBackend ops for a kept real, one per changed field so each logs one line."""
+    ops: List[Op] = []
+    mac = old.mac
+    if old.mac != new.mac:
+        mac = new.mac
+        note = f"vip {key}: real {new.ip} mac {old.mac} -> {new.mac}"
+        ops.append(PutBackend(key, vid, old.id, new.ip, mac, old.weight, note))
+    if old.weight != new.weight:
+        note = _weight_note(key, new.ip, old.weight, new.weight)
+        ops.append(PutBackend(key, vid, old.id, new.ip, mac, new.weight, note))
+    return ops
+
+
+# -- rendering ------------------------------------------------------------------
+
+
+def _summary_line(s: VipSummary) -> str:
+    head = f"vip {s.key}: {s.action}"
+    if s.action == ADDED:
+        return f"{head}, {s.reals} reals, {s.ring_size} ring slots"
+    if s.action == REMOVED:
+        return f"{head}, {s.reals} reals"
+    if not s.swapped:
+        return f"{head}, ring unchanged"
+    return f"{head}, {s.moved} of {s.ring_size} ring slots move ({s.moved / s.ring_size:.1%})"
+
+
+def render_plan(plan: Plan) -> str:
+    """Human-readable plan: per VIP a summary line, then its changes indented."""
+    if plan.empty:
+        return "no changes"
+    lines: List[str] = []
+    if plan.orphan_rings or plan.orphan_backends:
+        lines.append(
+            f"cleanup: delete {plan.orphan_rings} orphan ring(s), "
+            f"{plan.orphan_backends} orphan backend(s)"
+        )
+    notes: Mapping[VipKey, List[str]] = _notes_by_vip(plan.ops)
+    for s in plan.vips:
+        if s.action == UNCHANGED:
+            continue
+        lines.append(_summary_line(s))
+        lines.extend(f"  {n}" for n in notes.get(s.key, []))
+    return "\n".join(lines)
+
+
+def _notes_by_vip(ops: Sequence[Op]) -> Dict[VipKey, List[str]]:
+    out: Dict[VipKey, List[str]] = {}
+    for op in ops:
+        vip = getattr(op, "vip", None)
+        if not op.note or vip is None:
+            continue
+        text = op.note.split(": ", 1)[1]  # drop the "vip X: " prefix under its heading
+        if text in ("+vip", "-vip"):
+            continue  # said by the heading already
+        out.setdefault(vip, []).append(text)
+    return out
