@@ -1,0 +1,1 @@
+"""Tests under a real systemd, booted with systemd-nspawn (see container.py)."""
