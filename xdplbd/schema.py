@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .model import IPAddress, PROTOCOLS, Tunables, VipKey
+from .model import PROTOCOLS, IPAddress, Tunables, VipKey
 
 FAMILY_V4 = 4
 FAMILY_V6 = 6
