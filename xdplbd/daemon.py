@@ -1,0 +1,406 @@
+"""xdplbd: own the data plane; apply lb_conf.json to the live maps, change by change.
+
+The kernel holds the truth: on start and on every reload the daemon reads
+the pinned maps back, plans the difference to the config (plan.py, pure) and
+writes only that. Exiting, for any reason, leaves the program attached and
+the maps pinned, so forwarding never depends on this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__, attach, iface, loader, logsetup
+from .config import ConfigError, config_digest, parse_config
+from .dataplane import DataPlane
+from .model import Config, LiveState
+from .notify import Notifier
+from .plan import PlanError, make_plan
+from .state import read_state, write_state
+from .watch import ConfigWatcher
+
+log = logging.getLogger("xdplbd")
+
+DEFAULT_CONFIG = "/etc/xdplb/lb_conf.json"
+DEFAULT_PIN_DIR = "/sys/fs/bpf/xdplb"
+DEFAULT_STATE_DIR = "/run/xdplb"
+DEBOUNCE_S = 0.15  # coalesce the burst of events one save makes into one reload
+# Test-only fault injection: sleep after every map operation, so a test can
+# kill -9 the daemon in the middle of an apply.
+APPLY_DELAY_ENV = "XDPLB_TEST_APPLY_DELAY_MS"
+
+EXIT_OK = 0
+EXIT_CONFIG = 1  # the config file is invalid or unreadable
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_DATAPLANE = 3  # cannot load, pin, attach or apply
+
+
+class ConfigRejected(Exception):
+    """A valid file this running daemon cannot apply without a restart."""
+
+
+@dataclass
+class Options:
+    config: str = DEFAULT_CONFIG
+    interface: Optional[str] = None
+    xdp_mode: Optional[str] = None
+    pin_dir: str = DEFAULT_PIN_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    verbose: bool = False
+    syslog: bool = False
+    log_file: Optional[str] = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xdplbd",
+        description="XDP L4 load balancer daemon (Direct Server Return). Runs in the "
+        "foreground; SIGHUP reloads the config; SIGTERM/SIGINT exit and leave the data "
+        "plane attached and forwarding (`xdplb detach` removes it).",
+        epilog="Map sizes (max_vips, max_reals, conntrack_size, ring_size) and udp_timeout are "
+        "set in the config's \"tunables\" object; see lb_conf.json(5). Exit status: 0 stopped "
+        "by signal, 1 invalid config, 2 usage, 3 data plane error.",
+    )
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("-i", "--interface", help="interface to attach to (overrides the config's)")
+    p.add_argument("--xdp-mode", choices=["native", "generic", "auto"],
+                   help="XDP attach mode (overrides the config's; default auto = native, "
+                   "else generic)")
+    p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR,
+                   help=f"bpffs directory for the pinned program and maps "
+                   f"(default {DEFAULT_PIN_DIR})")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help=f"directory for state.toml (default {DEFAULT_STATE_DIR})")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--syslog", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--log-file", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"xdplbd {__version__}")
+    return p
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_config_file(path: str) -> None:
+    """Refuse a config that someone other than root (or us) could have written."""
+    st = os.stat(path)
+    if st.st_mode & 0o002:
+        raise ConfigError(path, _field("", "is world-writable; run: chmod o-w " + path))
+    if st.st_uid not in (0, os.geteuid()):
+        raise ConfigError(path, _field("", f"is owned by uid {st.st_uid}, not root; "
+                                       f"run: chown root {path}"))
+
+
+def _field(path: str, reason: str) -> List[Any]:
+    from .config import FieldError
+
+    return [FieldError(path, reason)]
+
+
+def read_config(path: str) -> Tuple[Config, str]:
+    """Parse the file; returns the config and the digest of its raw bytes."""
+    try:
+        check_config_file(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise ConfigError(path, _field("", "does not exist")) from e
+    except OSError as e:
+        raise ConfigError(path, _field("", f"cannot read: {e.strerror}")) from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, _field("", f"not UTF-8 text: {e.reason}")) from e
+    return parse_config(text, path), config_digest(raw)
+
+
+def status_line(live: LiveState) -> str:
+    reals = sum(len(v.backends) for v in live.vips)
+    return f"{len(live.vips)} VIPs, {reals} reals"
+
+
+class Daemon:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.notifier = Notifier()
+        self.dp: Optional[DataPlane] = None
+        self.cfg: Optional[Config] = None
+        self.digest = ""
+        self.ifname = ""
+        self.ifindex = 0
+        self.lb_mac = ""
+        self.mode = ""
+        self.program: Optional[loader.Program] = None
+        prev = read_state(opts.state_dir)
+        self.generation = int(prev.get("generation", 0))
+        self.reloads = 0
+        self.last_reload: Dict[str, Any] = {}
+        self.started_at = now_iso()
+        self.applied_at = ""
+        # Set from signal handlers and the watchdog thread; read by the main loop.
+        self._stop_signal = 0
+        self._hup = False
+        self._file_changed_at = 0.0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        delay = os.environ.get(APPLY_DELAY_ENV, "")
+        self._apply_delay = int(delay) / 1000 if delay.isdigit() else 0.0
+
+    # --- start --------------------------------------------------------------
+
+    def start(self) -> int:
+        try:
+            cfg, digest = read_config(self.opts.config)
+        except ConfigError as e:
+            self._log_rejected(e)
+            self.notifier.status(f"config invalid: {e.errors[0].path or 'file'}: "
+                                 f"{e.errors[0].reason}")
+            return EXIT_CONFIG
+        self.ifname = self.opts.interface or cfg.interface or ""
+        if not self.ifname:
+            log.error("%s: interface: not set; give it in the config or with -i IF",
+                      self.opts.config)
+            return EXIT_CONFIG
+        mode = self.opts.xdp_mode or cfg.xdp_mode
+        try:
+            self.ifindex = iface.ifindex(self.ifname)
+            self.lb_mac = iface.mac_address(self.ifname)
+            t0 = time.monotonic()
+            self.program = loader.load(self.opts.pin_dir, cfg.tunables)
+            log.info("%s data plane %s (program %d, tag %s) in %.0f ms",
+                     "compiled" if self.program.compiled else "reused pinned",
+                     self.program.digest, self.program.info.id, self.program.info.tag,
+                     (time.monotonic() - t0) * 1000)
+            self.dp = DataPlane(self.opts.pin_dir, cfg.tunables)
+            self._apply(cfg, digest, "start")
+            self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,
+                                               self.program.info.id, mode)
+            loader.remove_stale_programs(self.opts.pin_dir, self.program.pin_path)
+        except (iface.InterfaceError, loader.LoadError, attach.AttachError, PlanError,
+                OSError) as e:
+            log.error("cannot start: %s", e)
+            self.notifier.status(f"failed: {e}")
+            return EXIT_DATAPLANE
+        self._write_state()
+        self.notifier.ready(self._status())
+        log.info("ready on %s (%s XDP): generation %d, %s", self.ifname, self.mode,
+                 self.generation, self._live_summary())
+        return EXIT_OK
+
+    # --- apply --------------------------------------------------------------
+
+    def _apply(self, cfg: Config, digest: str, trigger: str) -> int:
+        assert self.dp is not None
+        plan = make_plan(self.dp.read_live(), cfg)
+
+        def on_op(op: object) -> None:
+            note = getattr(op, "note", "")
+            if note:
+                log.info("%s", note)
+            if self._apply_delay:
+                time.sleep(self._apply_delay)
+
+        self.dp.apply(plan.ops, on_op)
+        settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
+        if plan.ops or settings_changed or digest != self.digest:
+            self.generation += 1
+        self.cfg, self.digest = cfg, digest
+        self.applied_at = now_iso()
+        log.debug("%s: %d map operations", trigger, len(plan.ops))
+        return len(plan.ops)
+
+    def reload(self, trigger: str) -> bool:
+        """One reload: validate everything, then apply; on any error change nothing."""
+        assert self.cfg is not None
+        self.reloads += 1
+        self.notifier.reloading()
+        t0 = time.monotonic()
+        try:
+            cfg, digest = read_config(self.opts.config)
+            self._check_restart_only(cfg)
+            n = self._apply(cfg, digest, trigger)
+        except ConfigError as e:
+            self._log_rejected(e)
+            self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "rejected",
+                                "error": str(e)}
+            self._write_state()
+            self.notifier.ready(f"config rejected, generation {self.generation} still live: "
+                                f"{e.errors[0].path or 'file'}: {e.errors[0].reason}")
+            return False
+        except (ConfigRejected, PlanError) as e:
+            log.error("%s: rejected, previous config stays live: %s", self.opts.config, e)
+            self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "rejected",
+                                "error": str(e)}
+            self._write_state()
+            self.notifier.ready(f"config rejected, generation {self.generation} still live: {e}")
+            return False
+        ms = (time.monotonic() - t0) * 1000
+        self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "ok",
+                            "operations": n, "duration_ms": round(ms, 1)}
+        self._write_state()
+        log.info("reload (%s): %s, generation %d, %d map operations in %.0f ms", trigger,
+                 "applied" if n else "no changes", self.generation, n, ms)
+        self.notifier.ready(self._status())
+        return True
+
+    def _check_restart_only(self, cfg: Config) -> None:
+        """Settings baked into the program or the maps cannot change under it."""
+        assert self.cfg is not None
+        if cfg.tunables != self.cfg.tunables:
+            raise ConfigRejected(
+                "tunables changed; map sizes are fixed while the maps exist: restore them, "
+                "or run `xdplb detach` and restart xdplbd (this drops traffic)")
+        new_if = self.opts.interface or cfg.interface
+        if new_if and new_if != self.ifname:
+            raise ConfigRejected(f"interface changed from {self.ifname} to {new_if}; "
+                                 "restart xdplbd to move it")
+
+    def _log_rejected(self, e: ConfigError) -> None:
+        log.error("config rejected, nothing changed (%d problem%s):", len(e.errors),
+                  "" if len(e.errors) == 1 else "s")
+        for line in str(e).splitlines():
+            log.error("  %s", line)
+
+    # --- state -------------------------------------------------------------
+
+    def _live_summary(self) -> str:
+        assert self.dp is not None
+        return status_line(self.dp.read_live())
+
+    def _status(self) -> str:
+        return f"generation {self.generation}: {self._live_summary()} on {self.ifname}"
+
+    def _write_state(self) -> None:
+        assert self.dp is not None and self.program is not None
+        live = self.dp.read_live()
+        vips = []
+        for v in live.vips:
+            vips.append({
+                "vip": str(v.key.addr), "port": v.key.port, "protocol": v.key.proto,
+                "vip_id": v.id,
+                "reals": [{"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
+                           "backend_id": b.id,
+                           "state": "active" if b.weight else "draining"}
+                          for b in v.backends],
+            })
+        data: Dict[str, Any] = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "generation": self.generation,
+            "config": os.path.abspath(self.opts.config),
+            "config_digest": self.digest,
+            "applied_at": self.applied_at,
+            "started_at": self.started_at,
+            "interface": self.ifname,
+            "ifindex": self.ifindex,
+            "lb_mac": self.lb_mac,
+            "xdp_mode": self.mode,
+            "prog_id": self.program.info.id,
+            "prog_tag": self.program.info.tag,
+            "source_digest": self.program.digest,
+            "pin_dir": self.opts.pin_dir,
+            "tunables": dataclasses.asdict(self.cfg.tunables) if self.cfg else {},
+            "reloads": self.reloads,
+            "vips": vips,
+        }
+        if self.last_reload:
+            data["last_reload"] = self.last_reload
+        write_state(self.opts.state_dir, data)
+
+    # --- main loop -----------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            os.write(self._wake_w, b"x")
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._hup = True
+        else:
+            self._stop_signal = signum
+        self._wake()
+
+    def _on_file_change(self) -> None:
+        self._file_changed_at = time.monotonic()
+        self._wake()
+
+    def serve(self) -> int:
+        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+        watcher = ConfigWatcher(self.opts.config, self._on_file_change)
+        watcher.start()
+        wd = self.notifier.watchdog_interval
+        next_ping = time.monotonic()
+        try:
+            while not self._stop_signal:
+                now = time.monotonic()
+                if wd is not None and now >= next_ping:
+                    self.notifier.watchdog()
+                    next_ping = now + wd
+                timeout = 1.0 if wd is None else max(0.0, next_ping - now)
+                changed = self._file_changed_at
+                if changed:
+                    timeout = min(timeout, max(0.0, changed + DEBOUNCE_S - now))
+                select.select([self._wake_r], [], [], timeout)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                if self._stop_signal:
+                    break
+                if self._hup:
+                    self._hup = False
+                    self._file_changed_at = 0.0  # this reload reads the file anyway
+                    self.reload("SIGHUP")
+                elif changed and changed == self._file_changed_at and \
+                        time.monotonic() >= changed + DEBOUNCE_S:
+                    self._file_changed_at = 0.0
+                    self.reload("file change")
+        finally:
+            watcher.stop()
+        self.notifier.stopping()
+        log.info("stopping on %s; the data plane stays attached and keeps forwarding",
+                 signal.Signals(self._stop_signal).name)
+        return EXIT_OK
+
+    def close(self) -> None:
+        if self.dp is not None:
+            self.dp.close()
+        if self.program is not None:
+            os.close(self.program.fd)
+
+
+def run(opts: Options) -> int:
+    d = Daemon(opts)
+    try:
+        code = d.start()
+        if code != EXIT_OK:
+            return code
+        return d.serve()
+    finally:
+        d.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = Options(config=args.config, interface=args.interface, xdp_mode=args.xdp_mode,
+                   pin_dir=args.pin_dir, state_dir=args.state_dir, verbose=args.verbose,
+                   syslog=args.syslog, log_file=args.log_file)
+    logsetup.setup(verbose=opts.verbose, syslog=opts.syslog, log_file=opts.log_file)
+    return run(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
