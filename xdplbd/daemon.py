@@ -144,6 +144,7 @@ class Daemon:
         self.lb_mac = ""
         self.mode = ""
         self.program: Optional[loader.Program] = None
+        self.watcher: Optional[ConfigWatcher] = None
         prev = read_state(opts.state_dir)
         self.generation = int(prev.get("generation", 0))
         self.reloads = 0
@@ -163,6 +164,9 @@ class Daemon:
     # --- start --------------------------------------------------------------
 
     def start(self) -> int:
+        # Watch before the first read, so a write racing the start is not missed.
+        self.watcher = ConfigWatcher(self.opts.config, self._on_file_change)
+        self.watcher.start()
         try:
             cfg, digest = read_config(self.opts.config)
         except ConfigError as e:
@@ -341,8 +345,6 @@ class Daemon:
     def serve(self) -> int:
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self._on_signal)
-        watcher = ConfigWatcher(self.opts.config, self._on_file_change)
-        watcher.start()
         wd = self.notifier.watchdog_interval
         next_ping = time.monotonic()
         try:
@@ -369,13 +371,17 @@ class Daemon:
                     self._file_changed_at = 0.0
                     self.reload("file change")
         finally:
-            watcher.stop()
+            if self.watcher is not None:
+                self.watcher.stop()
+                self.watcher = None
         self.notifier.stopping()
         log.info("stopping on %s; the data plane stays attached and keeps forwarding",
                  signal.Signals(self._stop_signal).name)
         return EXIT_OK
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.dp is not None:
             self.dp.close()
         if self.program is not None:
