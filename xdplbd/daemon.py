@@ -19,11 +19,12 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, attach, iface, loader, logsetup
 from .config import ConfigError, config_digest, parse_config
 from .dataplane import DataPlane
+from .metrics import start_exporter
 from .model import Config, LiveState
 from .notify import Notifier
 from .plan import PlanError, make_plan
@@ -35,7 +36,12 @@ log = logging.getLogger("xdplbd")
 DEFAULT_CONFIG = "/etc/xdplb/lb_conf.json"
 DEFAULT_PIN_DIR = "/sys/fs/bpf/xdplb"
 DEFAULT_STATE_DIR = "/run/xdplb"
-DEBOUNCE_S = 0.15  # coalesce the burst of events one save makes into one reload
+# One save makes a burst of events; reload once, on the final content. A close
+# after writing or a rename into place ends a save: reload almost at once. Any
+# other event (a write in progress, a delete before a create) waits to settle.
+FINAL_DELAY_S = 0.02
+SETTLE_DELAY_S = 0.5
+DEBOUNCE_S = SETTLE_DELAY_S
 # Test-only fault injection: sleep after every map operation, so a test can
 # kill -9 the daemon in the middle of an apply.
 APPLY_DELAY_ENV = "XDPLB_TEST_APPLY_DELAY_MS"
@@ -149,12 +155,15 @@ class Daemon:
         self.generation = int(prev.get("generation", 0))
         self.reloads = 0
         self.last_reload: Dict[str, Any] = {}
+        # For /metrics (metrics.py): results of the reloads, and who to tell after one.
+        self.reload_results: Dict[str, int] = {"ok": 0, "rejected": 0}
+        self.on_reload: List[Callable[[bool], None]] = []
         self.started_at = now_iso()
         self.applied_at = ""
         # Set from signal handlers and the watchdog thread; read by the main loop.
         self._stop_signal = 0
         self._hup = False
-        self._file_changed_at = 0.0
+        self._reload_due = 0.0  # monotonic time a file-change reload is due, 0 = none
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -228,6 +237,14 @@ class Daemon:
         return len(plan.ops)
 
     def reload(self, trigger: str) -> bool:
+        """One reload; True if applied, False if rejected (the old config stays live)."""
+        ok = self._reload(trigger)
+        self.reload_results["ok" if ok else "rejected"] += 1
+        for hook in self.on_reload:
+            hook(ok)
+        return ok
+
+    def _reload(self, trigger: str) -> bool:
         """One reload: validate everything, then apply; on any error change nothing."""
         assert self.cfg is not None
         self.reloads += 1
@@ -338,8 +355,9 @@ class Daemon:
             self._stop_signal = signum
         self._wake()
 
-    def _on_file_change(self) -> None:
-        self._file_changed_at = time.monotonic()
+    def _on_file_change(self, final: bool) -> None:
+        # The latest event decides: a write that starts after a close postpones.
+        self._reload_due = time.monotonic() + (FINAL_DELAY_S if final else SETTLE_DELAY_S)
         self._wake()
 
     def serve(self) -> int:
@@ -354,9 +372,9 @@ class Daemon:
                     self.notifier.watchdog()
                     next_ping = now + wd
                 timeout = 1.0 if wd is None else max(0.0, next_ping - now)
-                changed = self._file_changed_at
-                if changed:
-                    timeout = min(timeout, max(0.0, changed + DEBOUNCE_S - now))
+                due = self._reload_due
+                if due:
+                    timeout = min(timeout, max(0.0, due - now))
                 select.select([self._wake_r], [], [], timeout)
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -364,11 +382,12 @@ class Daemon:
                     break
                 if self._hup:
                     self._hup = False
-                    self._file_changed_at = 0.0  # this reload reads the file anyway
+                    self._reload_due = 0.0  # this reload reads the file anyway
                     self.reload("SIGHUP")
-                elif changed and changed == self._file_changed_at and \
-                        time.monotonic() >= changed + DEBOUNCE_S:
-                    self._file_changed_at = 0.0
+                    continue
+                due = self._reload_due
+                if due and time.monotonic() >= due:
+                    self._reload_due = 0.0
                     self.reload("file change")
         finally:
             if self.watcher is not None:
@@ -390,12 +409,18 @@ class Daemon:
 
 def run(opts: Options) -> int:
     d = Daemon(opts)
+    exporter = None
     try:
         code = d.start()
         if code != EXIT_OK:
             return code
+        # Returns at once; listens (in a thread) only if the config has metrics.listen.
+        exporter = start_exporter(d)
+        d.on_reload.append(exporter.sync)
         return d.serve()
     finally:
+        if exporter is not None:
+            exporter.stop()
         d.close()
 
 

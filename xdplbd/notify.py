@@ -14,6 +14,11 @@ class Notifier:
         self._n: Optional[sdnotify.SystemdNotifier] = (
             sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
         )
+        sock = getattr(self._n, "socket", None)
+        if sock is not None:
+            # Never block the daemon on a notify socket nobody reads (a full
+            # queue is 10 datagrams by default): drop the message instead.
+            sock.setblocking(False)
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         ours = not pid or pid == str(os.getpid())

@@ -14,10 +14,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 CHANGE_EVENTS = {"created", "modified", "moved", "deleted", "closed"}
+# A rename into place or a close after writing means the content is complete;
+# other events (a write still going on, a delete before a create) are not.
+FINAL_EVENTS = {"moved", "closed"}
 
 
 class _ConfigHandler(FileSystemEventHandler):
-    def __init__(self, path: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, path: str, on_change: Callable[[bool], None]) -> None:
         self._path = os.path.abspath(path)
         self._on_change = on_change
 
@@ -29,13 +32,14 @@ class _ConfigHandler(FileSystemEventHandler):
         if dest:
             paths.add(os.path.abspath(str(dest)))
         if self._path in paths:
-            self._on_change()
+            self._on_change(event.event_type in FINAL_EVENTS)
 
 
 class ConfigWatcher:
-    """Calls `on_change` (from a watchdog thread) whenever the config may have changed."""
+    """Calls `on_change(final)` (from a watchdog thread) when the config may have changed;
+    `final` is True when the event says the new content is complete."""
 
-    def __init__(self, path: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, path: str, on_change: Callable[[bool], None]) -> None:
         self._observer = Observer()
         self._observer.daemon = True
         directory = os.path.dirname(os.path.abspath(path))

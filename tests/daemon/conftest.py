@@ -51,6 +51,10 @@ class Netns:
     def __init__(self) -> None:
         self.name = f"xdd-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
+        # No IPv6 autoconf chatter: the tests count every frame the LB sees.
+        subprocess.run(["ip", "netns", "exec", self.name, "sysctl", "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True)
         self.ip("link", "add", LB_IF, "type", "veth", "peer", "name", PEER_IF)
         self.ip("link", "set", LB_IF, "up")
         self.ip("link", "set", PEER_IF, "up")
@@ -163,6 +167,9 @@ class Daemon:
 
     def dataplane(self) -> DataPlane:
         return DataPlane(self.pin_dir, TUNABLES_OBJ)
+
+    def dataplane_for(self, tunables: Tunables) -> DataPlane:
+        return DataPlane(self.pin_dir, tunables)
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
