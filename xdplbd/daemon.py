@@ -151,6 +151,7 @@ class Daemon:
         self.mode = ""
         self.program: Optional[loader.Program] = None
         self.watcher: Optional[ConfigWatcher] = None
+        self._live = LiveState()  # as last read back after an apply
         prev = read_state(opts.state_dir)
         self.generation = int(prev.get("generation", 0))
         self.reloads = 0
@@ -211,14 +212,14 @@ class Daemon:
         self._write_state()
         self.notifier.ready(self._status())
         log.info("ready on %s (%s XDP): generation %d, %s", self.ifname, self.mode,
-                 self.generation, self._live_summary())
+                 self.generation, status_line(self._live))
         return EXIT_OK
 
     # --- apply --------------------------------------------------------------
 
     def _apply(self, cfg: Config, digest: str, trigger: str) -> int:
         assert self.dp is not None
-        plan = make_plan(self.dp.read_live(), cfg)
+        plan = make_plan(self.dp.read_live(), cfg, count_moved=False)
 
         def on_op(op: object) -> None:
             note = getattr(op, "note", "")
@@ -298,16 +299,13 @@ class Daemon:
 
     # --- state -------------------------------------------------------------
 
-    def _live_summary(self) -> str:
-        assert self.dp is not None
-        return status_line(self.dp.read_live())
-
     def _status(self) -> str:
-        return f"generation {self.generation}: {self._live_summary()} on {self.ifname}"
+        """STATUS= text, from the live state that _write_state last read."""
+        return f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
 
     def _write_state(self) -> None:
         assert self.dp is not None and self.program is not None
-        live = self.dp.read_live()
+        live = self._live = self.dp.read_live()
         vips = []
         for v in live.vips:
             vips.append({
