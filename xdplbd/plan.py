@@ -158,8 +158,12 @@ def _weight_note(key: VipKey, ip: IPAddress, old: int, new: int) -> str:
 # -- the plan -------------------------------------------------------------------
 
 
-def make_plan(live: LiveState, desired: Config) -> Plan:
-    """Ops that turn the live data plane into the desired config, safest order first."""
+def make_plan(live: LiveState, desired: Config, count_moved: bool = True) -> Plan:
+    """Ops that turn the live data plane into the desired config, safest order first.
+
+    count_moved=False skips building each changed VIP's old ring just to count the
+    slots that move (~20 ms a VIP): the daemon's reloads do not need the figure.
+    """
     m = desired.tunables.ring_size
     max_vips, max_reals = desired.tunables.max_vips, desired.tunables.max_reals
     for lv in live.vips:
@@ -214,7 +218,7 @@ def make_plan(live: LiveState, desired: Config) -> Plan:
         if found is None:
             vip_ops, summary = _add_vip(vip, m, vip_ids, backend_ids)
         else:
-            vip_ops, summary = _change_vip(vip, found, m, backend_ids)
+            vip_ops, summary = _change_vip(vip, found, m, backend_ids, count_moved)
         ops.extend(vip_ops)
         summaries.append(summary)
 
@@ -241,7 +245,9 @@ def _add_vip(vip: Vip, m: int, vip_ids: _Ids, backend_ids: _Ids) -> Tuple[List[O
     return ops, VipSummary(key, ADDED, len(vip.reals), m, m, True)
 
 
-def _change_vip(vip: Vip, lv: LiveVip, m: int, backend_ids: _Ids) -> Tuple[List[Op], VipSummary]:
+def _change_vip(
+    vip: Vip, lv: LiveVip, m: int, backend_ids: _Ids, count_moved: bool = True
+) -> Tuple[List[Op], VipSummary]:
     key, vid = vip.key, lv.id
     keep, extra = _dedupe(lv)
     ops: List[Op] = []
@@ -266,8 +272,9 @@ def _change_vip(vip: Vip, lv: LiveVip, m: int, backend_ids: _Ids) -> Tuple[List[
     moved = 0
     if swap:
         ring = build_ring(triples, m)
-        old_ring = build_ring([(b.ip, b.weight, b.id) for b in keep.values()], m)
-        moved = sum(1 for a, b in zip(ring, old_ring) if a != b)
+        if count_moved:
+            old_ring = build_ring([(b.ip, b.weight, b.id) for b in keep.values()], m)
+            moved = sum(1 for a, b in zip(ring, old_ring) if a != b)
         # Mark the stored digest unknown while the ring changes, so a crash between
         # the swap and the final PutVip is never mistaken for a finished one.
         ops.append(PutVip(key, vid, UNKNOWN_DIGEST))
