@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit lint bench demo clean
+.PHONY: setup test test-unit lint bench demo clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -23,6 +23,21 @@ bench: setup
 
 demo: setup
 	$(PY) -m xdplbd.demo
+
+# install/uninstall do not run the dev set-up: they install only what xdplbd
+# needs at run time (scripts/install.sh, docs/install.md). Idempotent.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+VENVDIR ?= /opt/xdplb
+INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" SYSCONFDIR="$(SYSCONFDIR)" \
+  VENVDIR="$(VENVDIR)" UNITDIR="$(UNITDIR)" PIP_ARGS="$(PIP_ARGS)" \
+  XDPLB_INSTALL_DEPS="$(XDPLB_INSTALL_DEPS)"
+
+install:
+	@$(INSTALL_ENV) bash scripts/install.sh install
+
+uninstall:
+	@$(INSTALL_ENV) bash scripts/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

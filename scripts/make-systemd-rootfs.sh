@@ -23,7 +23,9 @@
 #  - python3-pip, python3-venv: to install an xdplbd wheel built on the host
 #    (`pip install --no-deps --break-system-packages`, or a venv with
 #    --system-site-packages, as an operator would);
-#  - iproute2, ethtool, bpftool: veth/dummy interfaces and XDP inspection.
+#  - iproute2, ethtool, bpftool: veth/dummy interfaces and XDP inspection;
+#  - make, man-db: the systemd tests run the real `make install` inside, and
+#    `systemd-analyze verify` checks the unit's Documentation=man: pages with man.
 # Kernel headers are NOT in the image: the harness bind-mounts the host's
 # (/var/lib/xdplb/kernel-headers, BCC_KERNEL_SOURCE) read-only at run time.
 set -euo pipefail
@@ -35,6 +37,7 @@ PACKAGES=(
   python3-watchdog python3-tomli-w python3-sdnotify python3-rich python3-prometheus-client
   python3-pip python3-venv
   iproute2 ethtool bpftool
+  make man-db
 )
 # Units that only add noise or time in a throw-away test container.
 MASK_UNITS=(

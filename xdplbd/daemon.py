@@ -153,7 +153,10 @@ class Daemon:
         self.watcher: Optional[ConfigWatcher] = None
         self._live = LiveState()  # as last read back after an apply
         prev = read_state(opts.state_dir)
+        # The generation counts applied configs across restarts: a restart that
+        # finds the same file already live is the same generation.
         self.generation = int(prev.get("generation", 0))
+        self._prev_digest = str(prev.get("config_digest", ""))
         self.reloads = 0
         self.last_reload: Dict[str, Any] = {}
         # For /metrics (metrics.py): results of the reloads, and who to tell after one.
@@ -230,7 +233,8 @@ class Daemon:
 
         self.dp.apply(plan.ops, on_op)
         settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
-        if plan.ops or settings_changed or digest != self.digest:
+        known = self.digest or self._prev_digest
+        if plan.ops or settings_changed or digest != known:
             self.generation += 1
         self.cfg, self.digest = cfg, digest
         self.applied_at = now_iso()
