@@ -114,7 +114,7 @@ def run() -> Dict[str, Any]:
 
 def _pct(xs: List[float], p: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def report(r: Dict[str, Any]) -> str:

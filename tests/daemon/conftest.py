@@ -224,9 +224,3 @@ def dump_maps(d: Daemon) -> Dict[str, Any]:
             "settings": dp.settings(),
         }
 
-
-def kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
