@@ -1,28 +1,33 @@
 """xdplb: the operator's command line.
 
 Reads the pinned maps directly through libbpf (never imports bcc), so it
-works whoever started the daemon, and while no daemon runs at all.
+works whoever started the daemon, and while no daemon runs at all. Each
+command is a thin shell over a module: daemonize (start/stop), dashboard
+(top/debug), status, snapshot (stats), explain.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from . import __version__, bpfsys, loader
+from . import __version__, bpfsys, daemonize, loader, schema
 from .config import ConfigError
 from .daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
-from .dataplane import DataPlane
-from .model import LiveState, Tunables
+from .model import LiveState, VipKey
 from .plan import PlanError, make_plan, render_plan
+from .snapshot import open_pinned, stats_json, take
 from .state import read_state
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_RUNNING = 3  # `status`, as LSB init scripts do
 
 
 def _err(msg: str) -> None:
@@ -31,35 +36,7 @@ def _err(msg: str) -> None:
 
 def pid_alive(pid: int) -> bool:
     """True if `pid` is a running xdplbd (not a reused pid of something else)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read()
-    except OSError:
-        return False
-    return b"xdplbd" in cmd
-
-
-def _tunables_from_state(state: Dict[str, Any], pin_dir: str) -> Tunables:
-    """The live tunables: state.toml's, else map sizes read from the pins themselves."""
-    if isinstance(state.get("tunables"), dict):
-        return Tunables(**state["tunables"])
-    sizes = {}
-    for spec, field in (("vips", "max_vips"), ("backends", "max_reals"),
-                        ("conntrack", "conntrack_size")):
-        fd = bpfsys.obj_get(os.path.join(pin_dir, spec))
-        try:
-            sizes[field] = bpfsys.map_info(fd).max_entries
-        finally:
-            os.close(fd)
-    return Tunables(**sizes)
-
-
-def open_dataplane(pin_dir: str, state: Dict[str, Any]) -> DataPlane:
-    if not os.path.exists(os.path.join(pin_dir, "vips")):
-        raise FileNotFoundError(f"no data plane pinned under {pin_dir}")
-    return DataPlane(pin_dir, _tunables_from_state(state, pin_dir))
+    return daemonize.running(pid)
 
 
 # --- check -------------------------------------------------------------------
@@ -76,7 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     live = LiveState()
     if os.path.exists(os.path.join(args.pin_dir, "vips")):
-        with open_dataplane(args.pin_dir, read_state(args.state_dir)) as dp:
+        with open_pinned(args.pin_dir, read_state(args.state_dir)) as dp:
             live = dp.read_live()
     try:
         plan = make_plan(live, cfg)
@@ -116,32 +93,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 # --- status / stats --------------------------------------------------------------
 
-def collect_stats(dp: DataPlane) -> Dict[str, Any]:
-    """Every counter, summed across CPUs, keyed the way `stats --json` prints them."""
-    live = dp.read_live()
-    out: Dict[str, Any] = {
-        "outcomes": {k: {"packets": p, "bytes": b} for k, (p, b) in dp.outcomes().items()},
-        "vips": [],
-    }
-    for v in live.vips:
-        p, b = dp.counter("vip_stats", v.id)
-        reals = []
-        for be in v.backends:
-            rp, rb = dp.counter("backend_stats", be.id)
-            reals.append({"ip": str(be.ip), "packets": rp, "bytes": rb})
-        out["vips"].append({"vip": str(v.key.addr), "port": v.key.port,
-                            "protocol": v.key.proto, "packets": p, "bytes": b,
-                            "reals": reals})
-    return out
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
     try:
-        with open_dataplane(args.pin_dir, read_state(args.state_dir)) as dp:
-            stats = collect_stats(dp)
+        with open_pinned(args.pin_dir, read_state(args.state_dir)) as dp:
+            snap = take(dp)
     except (FileNotFoundError, bpfsys.BpfError) as e:
         _err(str(e))
         return EXIT_FAIL
+    stats = stats_json(snap)
     if args.json:
         print(json.dumps(stats, indent=2))
         return EXIT_OK
@@ -155,51 +114,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def status_data(args: argparse.Namespace) -> Dict[str, Any]:
-    state = read_state(args.state_dir)
-    pid = int(state.get("pid", 0))
-    progs = loader.pinned_programs(args.pin_dir)
-    attached: Optional[Dict[str, Any]] = None
-    ifindex = int(state.get("ifindex", 0))
-    if ifindex:
-        try:
-            q = bpfsys.xdp_query(ifindex)
-            attached = {"interface": state.get("interface"), "mode": q.mode,
-                        "prog_id": q.prog_id, "ours": q.prog_id == state.get("prog_id")}
-        except bpfsys.BpfError:
-            attached = None
-    return {
-        "daemon": {"running": pid_alive(pid), "pid": pid if pid_alive(pid) else None},
-        "dataplane": {"pinned": bool(progs), "pin_dir": args.pin_dir,
-                      "attached": bool(attached and attached["prog_id"] and attached["ours"]),
-                      "xdp": attached},
-        "config": {"path": state.get("config"), "digest": state.get("config_digest"),
-                   "generation": state.get("generation"), "applied_at": state.get("applied_at")},
-        "last_reload": state.get("last_reload"),
-        "vips": state.get("vips", []),
-    }
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    data = status_data(args)
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        d, p, c = data["daemon"], data["dataplane"], data["config"]
-        xdp = p["xdp"] or {}
-        daemon = f"running, pid {d['pid']}" if d["running"] else "not running"
-        where = f"attached to {xdp.get('interface')} ({xdp.get('mode')})"
-        print(f"daemon:     {daemon}")
-        print(f"data plane: {where if p['attached'] else 'not attached'}")
-        print(f"config:     {c['path']} generation {c['generation']} applied {c['applied_at']}")
-        if data["last_reload"]:
-            lr = data["last_reload"]
-            print(f"last reload: {lr.get('at')} ({lr.get('trigger')}): {lr.get('result')}")
-        for v in data["vips"]:
-            print(f"  {v['vip']}:{v['port']}/{v['protocol']}")
-            for r in v["reals"]:
-                print(f"    {r['ip']:38} {r['mac']}  weight {r['weight']}  {r['state']}")
-    return EXIT_OK if data["daemon"]["running"] else 3
+    from .status import render_text, status_data
+
+    try:
+        data = status_data(args.pin_dir, args.state_dir)
+    except bpfsys.BpfError as e:
+        _err(str(e))
+        return EXIT_FAIL
+    print(json.dumps(data, indent=2) if args.json else render_text(data))
+    return EXIT_OK if data["daemon"]["running"] else EXIT_NOT_RUNNING
 
 
 # --- detach --------------------------------------------------------------------
@@ -237,6 +161,183 @@ def cmd_detach(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- start / stop / debug (the original xdplb's commands) ---------------------------
+
+def _start_options(args: argparse.Namespace) -> daemonize.StartOptions:
+    return daemonize.StartOptions(
+        config=args.config, pin_dir=args.pin_dir, state_dir=args.state_dir,
+        interface=args.interface, xdp_mode=args.xdp_mode, pid_file=args.pid_file,
+        log_file=args.log_file, syslog=not args.no_syslog, verbose=args.verbose,
+        timeout=args.timeout,
+    )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    try:
+        _pid, summary = daemonize.start(_start_options(args))
+    except (daemonize.StartError, OSError) as e:
+        _err(str(e))
+        return EXIT_FAIL
+    print(summary)
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    code, msg = daemonize.stop(args.pid_file, args.pin_dir, args.timeout)
+    if code:
+        _err(msg)
+    else:
+        print(msg)
+    return code
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    """The daemon as a foreground child, the dashboard (with its log) on top."""
+    from .dashboard import TopSource, run_live, tail_lines
+
+    opts = _start_options(args).absolute()
+    why = daemonize.conflict(opts.pin_dir, opts.state_dir, None)
+    if why:
+        _err(why)
+        return EXIT_FAIL
+    os.makedirs(os.path.dirname(opts.log_file), exist_ok=True)
+    offset = daemonize.log_offset(opts.log_file)
+    opts.syslog = False
+    opts.verbose = True
+    argv = [sys.executable, "-m", "xdplbd.daemon", *opts.daemon_args()]
+    print(f"starting xdplbd (log {opts.log_file}) ...", file=sys.stderr)
+    with open(opts.log_file, "ab") as log, open(os.devnull, "rb") as null:
+        child = subprocess.Popen(argv, stdin=null, stdout=log, stderr=log,
+                                 env=daemonize.child_env(), start_new_session=True,
+                                 preexec_fn=_die_with_parent)
+    try:
+        outcome, _state = daemonize.wait_ready(child.pid, opts.state_dir, opts.timeout)
+        if outcome != "ready":
+            _err(f"xdplbd {'failed to start' if outcome == 'exited' else 'is not ready'}; "
+                 f"its log ({opts.log_file}) says:\n"
+                 + daemonize.log_tail(opts.log_file, offset))
+            return EXIT_FAIL
+        src = TopSource(opts.pin_dir, opts.state_dir, title=f"xdplb debug (pid {child.pid})")
+        src.log_lines = lambda: tail_lines(opts.log_file, 8)
+
+        def alive() -> Optional[str]:
+            code = child.poll()
+            return None if code is None else f"xdplbd exited with status {code}"
+
+        try:
+            died = run_live(src.frame, args.interval, alive=alive)
+        except (FileNotFoundError, bpfsys.BpfError) as e:
+            died = f"cannot read the data plane: {e}"
+        finally:
+            src.close()
+        if died:
+            _err(died + f"; its log ({opts.log_file}) says:\n"
+                 + daemonize.log_tail(opts.log_file, offset))
+            return EXIT_FAIL
+        return EXIT_OK
+    finally:
+        if child.poll() is None:
+            child.terminate()  # SIGTERM: the daemon exits, the data plane stays attached
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            print(f"xdplbd stopped; the data plane stays attached "
+                  f"(`xdplb detach --pin-dir {opts.pin_dir}` removes it)")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """PR_SET_PDEATHSIG: if `xdplb debug` is killed, its daemon gets SIGTERM."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+# --- top ------------------------------------------------------------------------------
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .dashboard import TopSource, render_once, run_live
+
+    src = TopSource(args.pin_dir, args.state_dir, flows=not args.no_flows)
+    try:
+        if args.once:
+            render_once(src.frame, args.interval)
+        else:
+            run_live(src.frame, args.interval)
+    except (FileNotFoundError, bpfsys.BpfError) as e:
+        _err(str(e))
+        return EXIT_FAIL
+    finally:
+        src.close()
+    return EXIT_OK
+
+
+# --- explain ---------------------------------------------------------------------------
+
+def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, port: int,
+                 proto: str, syn: bool) -> Dict[str, Any]:
+    from .dataplane import lookup_flow
+    from .explain import CtEntry, explain, infer_ring_size
+
+    state = read_state(state_dir)
+    key = VipKey(ipaddress.ip_address(vip), port, proto)
+    src_ip = ipaddress.ip_address(src)
+    if src_ip.version != key.addr.version:
+        raise ValueError(f"{src} and {vip} are not of the same IP version")
+    with open_pinned(pin_dir, state) as dp:
+        raw = dp.maps["vips"].lookup(schema.pack_vip_key(key))
+        vip_id = schema.VIP_INFO.unpack(raw[: schema.VIP_INFO.size])[0] if raw else None
+        ring = None
+        if vip_id is not None:
+            ring = dp.ring(vip_id)
+            if ring is not None and not isinstance(state.get("tunables"), dict):
+                ring = ring[: infer_ring_size(ring)]  # M unknown without state.toml
+        entry = lookup_flow(dp, src_ip, key.addr, sport, port, proto)
+        ct = CtEntry(*entry) if entry else None
+        _mac, udp_timeout_ns = dp.settings()
+        d = explain(src_ip, sport, key, vip_id, ct, ring, dp.backend_entries(), syn=syn,
+                    udp_timeout_ns=udp_timeout_ns, now_ns=time.monotonic_ns())
+    host = f"[{src_ip}]" if src_ip.version == 6 else str(src_ip)
+    return {"flow": {"src": str(src_ip), "sport": sport, "vip": str(key.addr), "port": port,
+                     "protocol": proto, "syn": syn},
+            "text": f"{host}:{sport} -> {key}", **d.to_json()}
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        data = explain_data(args.pin_dir, args.state_dir, args.src_ip, args.src_port, args.vip,
+                            args.port, args.proto, args.syn)
+    except ValueError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except (FileNotFoundError, bpfsys.BpfError) as e:
+        _err(str(e))
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    what = "a SYN of flow" if args.syn else "flow"
+    verdict = {"tx": f"XDP_TX to real {data['real']} ({data['mac']}, backend "
+                     f"{data['backend_id']})",
+               "drop": "XDP_DROP (no usable real)",
+               "pass": "XDP_PASS (not a VIP: the kernel stack gets it)"}[data["verdict"]]
+    print(f"{what} {data['text']}: {verdict}")
+    print(f"  why: {data['detail']}")
+    if data["flow_hash"] is not None:
+        print(f"  flow hash {data['flow_hash']:#010x}"
+              + (f", ring slot {data['ring_slot']} of {data['ring_size']}"
+                 if data["ring_slot"] is not None else ""))
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    p = int(text)
+    if not 0 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
+    return p
+
+
 # --- parser ----------------------------------------------------------------------
 
 def _dirs(p: argparse.ArgumentParser) -> None:
@@ -246,11 +347,62 @@ def _dirs(p: argparse.ArgumentParser) -> None:
                    help=f"daemon state directory (default {DEFAULT_STATE_DIR})")
 
 
+def _daemon_opts(p: argparse.ArgumentParser, log_default: str) -> None:
+    p.add_argument("-i", "--interface", metavar="IF",
+                   help="interface to attach to (default: the config's)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--xdp-mode", choices=["native", "generic", "auto"],
+                   help="XDP attach mode (default: the config's)")
+    p.add_argument("--log-file", default=log_default,
+                   help=f"the daemon's log file (default {log_default})")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the daemon to be ready (default 60)")
+    _dirs(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xdplb", description="Operate the xdplb XDP load balancer.")
+    p = argparse.ArgumentParser(
+        prog="xdplb", description="Operate the xdplb XDP load balancer.",
+        epilog="docs/operating.md describes every command, the status/stats JSON and the "
+        "Prometheus metrics.")
     p.add_argument("--version", action="version", version=f"xdplb {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    st = sub.add_parser("start", help="start xdplbd in the background (PID file, syslog, "
+                        "log file); returns once it is ready")
+    _daemon_opts(st, daemonize.DEFAULT_LOG_FILE)
+    st.add_argument("--pid-file", default=daemonize.DEFAULT_PID_FILE,
+                    help=f"PID file (default {daemonize.DEFAULT_PID_FILE})")
+    st.add_argument("--no-syslog", action="store_true", help="log to the log file only")
+    st.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    st.set_defaults(func=cmd_start)
+
+    sp = sub.add_parser("stop", help="stop the xdplbd that `start` started (SIGTERM); the "
+                        "data plane stays attached")
+    sp.add_argument("--pid-file", default=daemonize.DEFAULT_PID_FILE,
+                    help=f"PID file (default {daemonize.DEFAULT_PID_FILE})")
+    sp.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds to wait for it to exit (default 30)")
+    _dirs(sp)
+    sp.set_defaults(func=cmd_stop)
+
+    db = sub.add_parser("debug", help="run xdplbd in the foreground under the live dashboard "
+                        "(with its log); q stops both")
+    _daemon_opts(db, daemonize.DEFAULT_LOG_FILE)
+    db.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds")
+    db.set_defaults(func=cmd_debug, pid_file="", no_syslog=True, verbose=True)
+
+    tp = sub.add_parser("top", help="live dashboard of the pinned maps: rates, flows, "
+                        "outcomes (q quits)")
+    tp.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds")
+    tp.add_argument("--once", action="store_true",
+                    help="print one frame (rates over one interval) and exit")
+    tp.add_argument("--no-flows", action="store_true",
+                    help="skip the conntrack walk (the flows column)")
+    _dirs(tp)
+    tp.set_defaults(func=cmd_top)
 
     c = sub.add_parser("check", help="validate a config file (exit 0 valid, 1 invalid)")
     c.add_argument("file", nargs="?", default=DEFAULT_CONFIG,
@@ -265,15 +417,28 @@ def build_parser() -> argparse.ArgumentParser:
     _dirs(r)
     r.set_defaults(func=cmd_reload)
 
-    s = sub.add_parser("status", help="daemon, data plane, config and VIPs")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = sub.add_parser("status", help="daemon, data plane, config and VIPs (exit 3 if the "
+                       "daemon is not running)")
+    s.add_argument("--json", action="store_true", help="machine-readable output (schema 1)")
     _dirs(s)
     s.set_defaults(func=cmd_status)
 
-    st = sub.add_parser("stats", help="raw counters from the maps, summed across CPUs")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-    _dirs(st)
-    st.set_defaults(func=cmd_stats)
+    sa = sub.add_parser("stats", help="raw counters from the maps, summed across CPUs")
+    sa.add_argument("--json", action="store_true", help="machine-readable output (schema 1)")
+    _dirs(sa)
+    sa.set_defaults(func=cmd_stats)
+
+    e = sub.add_parser("explain", help="which real a flow goes to, and why")
+    e.add_argument("src_ip", metavar="SRC_IP")
+    e.add_argument("src_port", metavar="SRC_PORT", type=_port)
+    e.add_argument("vip", metavar="VIP")
+    e.add_argument("port", metavar="PORT", type=_port)
+    e.add_argument("proto", metavar="PROTO", type=str.lower, choices=["tcp", "udp"])
+    e.add_argument("--syn", action="store_true",
+                   help="explain a TCP SYN (a new connection skips conntrack)")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    _dirs(e)
+    e.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("detach", help="remove the XDP program and all pins (drops traffic)")
     d.add_argument("-i", "--interface", help="interface (default: the one in state.toml)")
@@ -284,9 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except BrokenPipeError:  # `xdplb status | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
     return rc
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -177,6 +177,10 @@ class Daemon:
     # --- start --------------------------------------------------------------
 
     def start(self) -> int:
+        # Handlers first: a SIGTERM or SIGHUP that arrives while starting is queued
+        # for the main loop instead of killing us halfway through an apply.
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
         # Watch before the first read, so a write racing the start is not missed.
         self.watcher = ConfigWatcher(self.opts.config, self._on_file_change)
         self.watcher.start()
@@ -363,8 +367,6 @@ class Daemon:
         self._wake()
 
     def serve(self) -> int:
-        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._on_signal)
         wd = self.notifier.watchdog_interval
         next_ping = time.monotonic()
         try:

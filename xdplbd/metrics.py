@@ -1,0 +1,283 @@
+"""Prometheus exporter inside xdplbd: off unless the config sets `metrics.listen`.
+
+Every scrape reads the pinned maps afresh (a custom Collector: no counters are
+copied or cached in the daemon), so /metrics equals the map sums at scrape
+time. Reload counts, results and the generation come from the daemon object.
+The listener follows `metrics.listen` across reloads. A listener that cannot
+bind is logged as an error and forwarding goes on: metrics never stop the
+data plane. Metric names and labels: docs/operating.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
+
+from . import __version__, bpfsys
+from .dataplane import DataPlane
+from .snapshot import Snapshot, take
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+    from .daemon import Daemon
+
+# prometheus-client and the HTTP server (~4 MB, ~0.1 s) are imported only once an
+# exporter listens: importing this module costs the daemon nothing.
+
+log = logging.getLogger("xdplbd")
+
+VIP_LABELS = ["vip", "port", "proto"]
+REAL_LABELS = [*VIP_LABELS, "real"]
+
+
+def _epoch(iso: Any) -> Optional[float]:
+    if not isinstance(iso, str) or not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+def families(snap: Snapshot) -> List[Metric]:
+    """The data plane's metrics from one snapshot (pure, unit-testable)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    vp = CounterMetricFamily("xdplb_vip_packets", "Packets to the VIP the data plane "
+                             "handled: forwarded to a real, or dropped for want of one",
+                             labels=VIP_LABELS)
+    vb = CounterMetricFamily("xdplb_vip_bytes", "Bytes of those packets (whole frames)",
+                             labels=VIP_LABELS)
+    vf = GaugeMetricFamily("xdplb_vip_tracked_flows", "Live conntrack entries of the VIP: "
+                           "UDP flows not idle past the timeout, TCP flows until LRU eviction "
+                           "(so an upper bound on open connections)", labels=VIP_LABELS)
+    rp = CounterMetricFamily("xdplb_real_packets", "Packets forwarded to the real (XDP_TX)",
+                             labels=REAL_LABELS)
+    rb = CounterMetricFamily("xdplb_real_bytes", "Bytes forwarded to the real (whole frames)",
+                             labels=REAL_LABELS)
+    rf = GaugeMetricFamily("xdplb_real_tracked_flows", "Live conntrack entries pointing at "
+                           "the real (see xdplb_vip_tracked_flows)", labels=REAL_LABELS)
+    rw = GaugeMetricFamily("xdplb_real_weight", "Maglev weight of the real; 0 = draining",
+                           labels=REAL_LABELS)
+    for v in snap.vips:
+        vl = [str(v.key.addr), str(v.key.port), v.key.proto]
+        vp.add_metric(vl, v.packets)
+        vb.add_metric(vl, v.bytes)
+        if v.flows is not None:
+            vf.add_metric(vl, v.flows)
+        for r in v.reals:
+            rl = [*vl, r.ip]
+            rp.add_metric(rl, r.packets)
+            rb.add_metric(rl, r.bytes)
+            rw.add_metric(rl, r.weight)
+            if r.flows is not None:
+                rf.add_metric(rl, r.flows)
+    op = CounterMetricFamily("xdplb_outcome_packets", "Packets the XDP program saw, by outcome "
+                             "(a packet counts under each outcome it meets: tx, ct_hit, ...)",
+                             labels=["outcome"])
+    ob = CounterMetricFamily("xdplb_outcome_bytes", "Bytes of those packets, by outcome",
+                             labels=["outcome"])
+    for name, (p, b) in snap.outcomes.items():
+        op.add_metric([name], p)
+        ob.add_metric([name], b)
+    out: List[Metric] = [vp, vb, vf, rp, rb, rf, rw, op, ob]
+    if snap.conntrack_entries is not None:
+        out.append(GaugeMetricFamily("xdplb_conntrack_entries", "Entries in the connection "
+                                     "table (stale and idle ones included)",
+                                     value=snap.conntrack_entries))
+    out.append(GaugeMetricFamily("xdplb_conntrack_capacity", "Size of the connection table "
+                                 "(tunables.conntrack_size); LRU eviction beyond it",
+                                 value=snap.conntrack_max))
+    return out
+
+
+class XdplbCollector:
+    """Reads the maps (through its own map handles) and the daemon on every scrape."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._dp: Optional[DataPlane] = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dp is not None:
+                self._dp.close()
+                self._dp = None
+
+    def _snapshot(self) -> Snapshot:
+        d = self.daemon
+        if self._dp is None:
+            assert d.cfg is not None
+            self._dp = DataPlane(d.opts.pin_dir, d.cfg.tunables)
+        return take(self._dp, scan=True)
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        t0 = time.monotonic()
+        with self._lock:
+            snap = self._snapshot()
+        yield from families(snap)
+        yield from self._daemon_families()
+        yield GaugeMetricFamily("xdplb_scrape_duration_seconds", "Time this scrape took to "
+                                "read the maps", value=time.monotonic() - t0)
+
+    def _daemon_families(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            InfoMetricFamily,
+        )
+
+        d = self.daemon
+        rel = CounterMetricFamily("xdplb_reloads", "Config reloads since the daemon started "
+                                  "(SIGHUP, `xdplb reload` or a file change), by result",
+                                  labels=["result"])
+        results = getattr(d, "reload_results", {})
+        for result in ("ok", "rejected"):
+            rel.add_metric([result], results.get(result, 0))
+        yield rel
+        last = d.last_reload
+        if last:
+            yield GaugeMetricFamily("xdplb_last_reload_success", "1 if the last reload was "
+                                    "applied, 0 if it was rejected",
+                                    value=1 if last.get("result") == "ok" else 0)
+            at = _epoch(last.get("at"))
+            if at is not None:
+                yield GaugeMetricFamily("xdplb_last_reload_timestamp_seconds",
+                                        "When the last reload finished", value=at)
+        yield GaugeMetricFamily("xdplb_config_generation", "Generation of the live config "
+                                "(grows by one with every change applied)", value=d.generation)
+        applied = _epoch(d.applied_at)
+        if applied is not None:
+            yield GaugeMetricFamily("xdplb_config_applied_timestamp_seconds",
+                                    "When the live config was last applied", value=applied)
+        started = _epoch(d.started_at)
+        if started is not None:
+            yield GaugeMetricFamily("xdplb_daemon_start_time_seconds",
+                                    "When this xdplbd started", value=started)
+        info = InfoMetricFamily("xdplb_build", "xdplb version and the data plane program")
+        prog = d.program
+        info.add_metric([], {
+            "version": __version__,
+            "source_digest": prog.digest if prog else "",
+            "prog_tag": prog.info.tag if prog else "",
+        })
+        yield info
+        att = GaugeMetricFamily("xdplb_dataplane_attached", "1 if our XDP program is attached "
+                                "to the interface", labels=["interface", "mode"])
+        attached = 0
+        if d.ifindex and prog is not None:
+            try:
+                attached = int(bpfsys.xdp_query(d.ifindex).prog_id == prog.info.id)
+            except bpfsys.BpfError:
+                attached = 0
+        att.add_metric([d.ifname, d.mode], attached)
+        yield att
+
+
+# --- the HTTP listener -----------------------------------------------------------------
+
+def parse_listen(listen: str) -> Tuple[str, int]:
+    """ "127.0.0.1:9110" / "[::1]:9110" / "host:9110" -> (host, port)."""
+    if listen.startswith("["):
+        host, _, port = listen[1:].partition("]:")
+    else:
+        host, _, port = listen.rpartition(":")
+    return host, int(port)
+
+
+def _make_server(host: str, port: int, app: Any) -> WSGIServer:
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        daemon_threads = True
+        allow_reuse_address = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return make_server(host, port, app, Server, handler_class=QuietHandler)
+
+
+class Exporter:
+    """The /metrics listener; sync() makes it follow the daemon's config."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.collector = XdplbCollector(daemon)
+        self.registry: Optional[CollectorRegistry] = None
+        self.listen: Optional[str] = None
+        self._server: Optional[WSGIServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()  # sync() runs in a starter thread, then on reloads
+
+    def sync(self, *_: object) -> None:
+        """Listen where the config says now (start, move or stop the listener)."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        cfg = self.daemon.cfg
+        want = cfg.metrics.listen if cfg is not None else None
+        if want == self.listen and (want is None or self._server is not None):
+            return
+        self._stop_server()
+        self.listen = want
+        if want is None:
+            return
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+        from prometheus_client.process_collector import ProcessCollector
+
+        if self.registry is None:
+            self.registry = CollectorRegistry()
+            self.registry.register(self.collector)
+            ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, ...
+        try:
+            host, port = parse_listen(want)
+            server = _make_server(host, port, make_wsgi_app(self.registry))
+        except (OSError, ValueError) as e:
+            log.error("metrics: cannot listen on %s: %s; running without the exporter", want, e)
+            return
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+        log.info("metrics: serving Prometheus metrics on http://%s/metrics", want)
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_server()
+            self.collector.close()
+
+
+def start_exporter(daemon: Daemon) -> Exporter:
+    """The exporter for this daemon, listening if (and while) the config asks for it.
+
+    Returns at once: the first listen (imports, bind) happens in a thread, so the
+    daemon's main loop, and its signal handlers, start without waiting for it."""
+    exp = Exporter(daemon)
+    if daemon.cfg is not None and daemon.cfg.metrics.listen:
+        threading.Thread(target=exp.sync, name="metrics-start", daemon=True).start()
+    return exp

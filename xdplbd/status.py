@@ -1,0 +1,168 @@
+"""`xdplb status`: is the daemon running, is the data plane attached and where, what
+config is live, and the VIPs with their reals, read from state.toml and the pins.
+
+The JSON form is a stable interface (schema 1, docs/operating.md): keys are only
+ever added, never renamed or removed, within a schema number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set
+
+from . import bpfsys, daemonize, loader
+from .dataplane import DataPlane
+from .snapshot import open_pinned
+from .state import read_state
+
+STATUS_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Attachment:
+    interface: str
+    ifindex: int
+    mode: str  # "native" | "generic" | "offload"
+    prog_id: int
+
+
+def pinned_prog_ids(pin_dir: str) -> Set[int]:
+    ids = set()
+    for name in loader.pinned_programs(pin_dir):
+        try:
+            fd = bpfsys.obj_get(os.path.join(pin_dir, name))
+        except bpfsys.BpfError:
+            continue
+        try:
+            ids.add(bpfsys.prog_info(fd).id)
+        finally:
+            os.close(fd)
+    return ids
+
+
+def find_attachment(pin_dir: str, hint: Optional[str] = None) -> Optional[Attachment]:
+    """The interface of *this network namespace* running one of `pin_dir`'s programs.
+
+    Tries `hint` (state.toml's interface) first, then every interface: a netlink
+    query each, so it stays cheap enough for a dashboard refresh.
+    """
+    ours = pinned_prog_ids(pin_dir)
+    if not ours:
+        return None
+    names = [hint] if hint else []
+    with contextlib.suppress(OSError):
+        names += [n for _, n in socket.if_nameindex() if n != hint]
+    for name in names:
+        try:
+            idx = socket.if_nametoindex(name)
+            q = bpfsys.xdp_query(idx)
+        except (OSError, bpfsys.BpfError):
+            continue
+        if q.prog_id in ours:
+            return Attachment(name, idx, q.mode, q.prog_id)
+    return None
+
+
+def _vips_from_maps(dp: DataPlane) -> List[Dict[str, Any]]:
+    return [
+        {
+            "vip": str(v.key.addr), "port": v.key.port, "protocol": v.key.proto, "vip_id": v.id,
+            "reals": [{"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
+                       "state": "active" if b.weight else "draining", "backend_id": b.id}
+                      for b in v.backends],
+        }
+        for v in dp.read_live().vips
+    ]
+
+
+def _vips_from_state(state: Dict[str, Any]) -> List[Dict[str, Any]]:
+    out = []
+    for v in state.get("vips", []):
+        reals = [{k: r.get(k) for k in ("ip", "mac", "weight", "state", "backend_id")}
+                 for r in v.get("reals", [])]
+        out.append({"vip": v.get("vip"), "port": v.get("port"), "protocol": v.get("protocol"),
+                    "vip_id": v.get("vip_id"), "reals": reals})
+    return out
+
+
+def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) -> Dict[str, Any]:
+    """The `status --json` document. VIPs come from the maps when the data plane is
+    pinned (they are the truth), else from state.toml (what was last applied)."""
+    state = read_state(state_dir)
+    pid = int(state.get("pid", 0) or 0)
+    alive = daemonize.running(pid)
+    pinned = bool(loader.pinned_programs(pin_dir))
+    att = find_attachment(pin_dir, state.get("interface")) if pinned else None
+    if dp is not None:
+        vips = _vips_from_maps(dp)
+    elif os.path.exists(os.path.join(pin_dir, "vips")):
+        with open_pinned(pin_dir, state) as own:
+            vips = _vips_from_maps(own)
+    else:
+        vips = _vips_from_state(state)
+    last = state.get("last_reload")
+    return {
+        "schema": STATUS_SCHEMA,
+        "daemon": {
+            "running": alive,
+            "pid": pid if alive else None,
+            "version": state.get("version"),
+            "started_at": state.get("started_at") if alive else None,
+        },
+        "dataplane": {
+            "pinned": pinned,
+            "pin_dir": os.path.abspath(pin_dir),
+            "attached": att is not None,
+            "interface": att.interface if att else state.get("interface"),
+            "mode": att.mode if att else None,
+            "prog_id": att.prog_id if att else None,
+            "prog_tag": state.get("prog_tag"),
+            "source_digest": state.get("source_digest"),
+        },
+        "config": {
+            "path": state.get("config"),
+            "digest": state.get("config_digest"),
+            "generation": state.get("generation"),
+            "applied_at": state.get("applied_at"),
+        },
+        "reloads": int(state.get("reloads", 0) or 0),
+        "last_reload": dict(last) if isinstance(last, dict) else None,
+        "vips": vips,
+    }
+
+
+def render_text(data: Dict[str, Any]) -> str:
+    d, p, c = data["daemon"], data["dataplane"], data["config"]
+    lines = []
+    lines.append("daemon:      " + (f"running, pid {d['pid']}, since {d['started_at']}"
+                                    if d["running"] else "not running"))
+    if p["attached"]:
+        where = f"attached to {p['interface']} ({p['mode']} XDP, program {p['prog_id']})"
+    elif p["pinned"]:
+        where = (f"pinned in {p['pin_dir']}, not attached to any interface of this network "
+                 "namespace")
+    else:
+        where = f"not loaded (nothing pinned in {p['pin_dir']})"
+    lines.append(f"data plane:  {where}")
+    if c["digest"]:
+        lines.append(f"config:      {c['path']}, generation {c['generation']}, digest "
+                     f"{c['digest'][:12]}, applied {c['applied_at']}")
+    lr = data["last_reload"]
+    if lr:
+        res = lr.get("result")
+        more = (f", {lr.get('operations', 0)} map operations in {lr.get('duration_ms')} ms"
+                if res == "ok" else "")
+        lines.append(f"last reload: {lr.get('at')} ({lr.get('trigger')}): {res}{more} "
+                     f"[{data['reloads']} reloads]")
+        if lr.get("error"):
+            lines += ["  " + ln for ln in str(lr["error"]).splitlines()]
+    lines.append(f"VIPs:        {len(data['vips'])}")
+    for v in data["vips"]:
+        host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
+        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals)")
+        for r in v["reals"]:
+            lines.append(f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']}")
+    return "\n".join(lines)
