@@ -43,6 +43,12 @@
 #define RING_LANES 4
 #define RING_VALUES ((RING_SIZE + RING_LANES - 1) / RING_LANES)
 
+/* vip_index: VIP_INDEX_PER_VIP slots per VIP slot of `vips`, so that most
+ * VIPs have a slot to themselves (see struct vip_slot). */
+#define VIP_INDEX_PER_VIP 8
+#define VIP_INDEX_SLOTS (VIP_INDEX_PER_VIP * MAX_VIPS)
+#define VIP_INDEX_MULT 0x9e3779b1U /* Knuth's multiplicative hash */
+
 #define MAX_VLAN_TAGS 2
 #define FAMILY_V4 4
 #define FAMILY_V6 6
@@ -86,6 +92,24 @@ struct vip_info {
 	__u32 vip_id; /* index into rings and vip_stats */
 	__u32 flags;
 	__u64 ring_digest; /* which ring is live; control plane bookkeeping */
+};
+
+/* One slot of vip_index, a direct-mapped front of the `vips` hash kept by
+ * the control plane: EMPTY, no VIP folds here (not a VIP: pass without
+ * hashing); EXACT, exactly one VIP does and it is `key` with `vip_id`;
+ * SHARED, ask `vips`. The control plane changes `key` and `vip_id` only
+ * while the slot is not EXACT, and enters or leaves EXACT by a write that
+ * changes `state` alone, so a packet never sees a half-written EXACT slot. */
+enum vip_slot_state {
+	VIP_SLOT_EMPTY = 0,
+	VIP_SLOT_SHARED = 1,
+	VIP_SLOT_EXACT = 2,
+};
+
+struct vip_slot {
+	__u32 state;
+	__u32 vip_id;
+	struct vip_key key;
 };
 
 struct backend {
@@ -141,6 +165,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counter, backend_stats, MAX_REALS,
 		 PIN_DIR "/backend_stats");
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, outcomes, OUT_MAX, PIN_DIR "/outcomes");
 BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PIN_DIR "/settings");
+BPF_TABLE_PINNED("array", u32, struct vip_slot, vip_index, VIP_INDEX_SLOTS,
+		 PIN_DIR "/vip_index");
 
 struct packet {
 	void *data;
@@ -173,35 +199,31 @@ static __always_inline int pass_malformed(__u64 bytes)
 	return pass(bytes);
 }
 
-static __always_inline __u32 rotl32(__u32 x, __u32 r)
-{
-	return (x << r) | (x >> (32 - r));
-}
-
-/* MurmurHash3 (x86_32) over the 40-byte flow key as ten host-order words.
+/* The ring hash: the flow key's five 64-bit words (host order) in a
+ * multiply-add sum, then the MurmurHash3 64-bit finalizer. The products are
+ * independent, so it costs about one multiply chain, not ten.
  * xdplbd/flowhash.py computes the same value for `xdplb explain`. */
-#define FLOW_HASH_SEED 0x9747b28cU
-#define FLOW_KEY_WORDS (sizeof(struct flow_key) / sizeof(__u32))
+#define FLOW_HASH_SEED 0x9747b28cULL
+#define FLOW_KEY_QWORDS (sizeof(struct flow_key) / sizeof(__u64))
+
+static const __u64 flow_hash_primes[FLOW_KEY_QWORDS] = {
+	0x9e3779b185ebca87ULL, 0xc2b2ae3d27d4eb4fULL, 0x165667b19e3779f9ULL,
+	0x85ebca77c2b2ae63ULL, 0x27d4eb2f165667c5ULL,
+};
 
 static __always_inline __u32 flow_hash(const struct flow_key *key)
 {
-	const __u32 *w = (const __u32 *)key;
-	__u32 h = FLOW_HASH_SEED;
+	const __u64 *w = (const __u64 *)key;
+	__u64 h = FLOW_HASH_SEED;
 
 #pragma unroll
-	for (int i = 0; i < FLOW_KEY_WORDS; i++) {
-		__u32 k = w[i] * 0xcc9e2d51U;
-
-		k = rotl32(k, 15) * 0x1b873593U;
-		h ^= k;
-		h = rotl32(h, 13) * 5 + 0xe6546b64U;
-	}
-	h ^= sizeof(struct flow_key);
-	h ^= h >> 16;
-	h *= 0x85ebca6bU;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35U;
-	h ^= h >> 16;
+	for (int i = 0; i < FLOW_KEY_QWORDS; i++)
+		h += w[i] * flow_hash_primes[i];
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
 	return h;
 }
 
@@ -380,11 +402,13 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *l3)
 	return parse_ports(pkt, l4, ip6->nexthdr);
 }
 
-/* The backend behind ring slot hash % RING_SIZE of this VIP, or 0. */
+/* The backend behind this flow's slot of the VIP's ring, or 0. */
 static __always_inline __u32 ring_pick(__u32 vip_id, const struct flow_key *flow)
 {
 	void *ring = rings.lookup(&vip_id);
-	__u32 slot = flow_hash(flow) % RING_SIZE;
+	/* hash * M / 2^32 spreads the hash over the M slots like hash % M,
+	 * with a multiply instead of a divide. */
+	__u32 slot = ((__u64)flow_hash(flow) * RING_SIZE) >> 32;
 	__u32 value_idx = slot / RING_LANES;
 	struct ring_value *v;
 
@@ -447,15 +471,52 @@ static __always_inline int no_real(struct packet *pkt, __u32 vip_id)
 	return XDP_DROP;
 }
 
-static __always_inline struct vip_info *lookup_vip(const struct flow_key *flow)
+/* The vip_index slot of a flow's destination; xdplbd/schema.py mirrors it. */
+static __always_inline __u32 vip_slot_of(const struct flow_key *flow)
 {
-	struct vip_key key = {};
+	const __u32 *a = (const __u32 *)flow->dst;
+	__u32 x = a[0] ^ a[1] ^ a[2] ^ a[3] ^ flow->dport ^ (flow->proto << 16) ^
+		  (flow->family << 24);
 
+	x ^= x >> 16;
+	x *= VIP_INDEX_MULT;
+	return ((__u64)x * VIP_INDEX_SLOTS) >> 32;
+}
+
+static __always_inline int vip_key_matches(const struct vip_key *key,
+					   const struct flow_key *flow)
+{
+	const __u64 *a = (const __u64 *)key->addr, *b = (const __u64 *)flow->dst;
+
+	return a[0] == b[0] && a[1] == b[1] && key->port == flow->dport &&
+	       key->proto == flow->proto && key->family == flow->family;
+}
+
+/* Is the flow's destination a VIP? Sets *vip_id if so. */
+static __always_inline int lookup_vip(const struct flow_key *flow, __u32 *vip_id)
+{
+	__u32 slot = vip_slot_of(flow);
+	struct vip_slot *vs = vip_index.lookup(&slot);
+	struct vip_key key = {};
+	struct vip_info *vip;
+
+	if (!vs || vs->state == VIP_SLOT_EMPTY)
+		return 0;
+	if (vs->state == VIP_SLOT_EXACT) {
+		if (!vip_key_matches(&vs->key, flow))
+			return 0;
+		*vip_id = vs->vip_id;
+		return 1;
+	}
 	__builtin_memcpy(key.addr, flow->dst, sizeof(key.addr));
 	key.port = flow->dport;
 	key.proto = flow->proto;
 	key.family = flow->family;
-	return vips.lookup(&key);
+	vip = vips.lookup(&key);
+	if (!vip)
+		return 0;
+	*vip_id = vip->vip_id;
+	return 1;
 }
 
 /* ICMP frag-needed / packet-too-big about a VIP flow: the real's reply was
@@ -463,31 +524,29 @@ static __always_inline struct vip_info *lookup_vip(const struct flow_key *flow)
  * discovery works; never create a conntrack entry for it. */
 static __always_inline int route_icmp_error(struct packet *pkt)
 {
-	struct vip_info *vip = lookup_vip(&pkt->flow);
 	struct ct_entry *ct;
 	struct backend *b = NULL;
-	__u32 id = 0;
+	__u32 vip_id, id = 0;
 
-	if (!vip)
+	if (!lookup_vip(&pkt->flow, &vip_id))
 		return pass(pkt->len);
 	ct = conntrack.lookup(&pkt->flow);
 	if (ct) {
 		id = ct->backend_id;
-		b = backend_for(id, vip->vip_id);
+		b = backend_for(id, vip_id);
 	}
 	if (!b) {
-		id = ring_pick(vip->vip_id, &pkt->flow);
-		b = backend_for(id, vip->vip_id);
+		id = ring_pick(vip_id, &pkt->flow);
+		b = backend_for(id, vip_id);
 	}
 	if (!b)
 		return pass(pkt->len);
 	count(OUT_ICMP_ROUTED, pkt->len);
-	return forward(pkt, vip->vip_id, id, b);
+	return forward(pkt, vip_id, id, b);
 }
 
 static __always_inline int balance(struct packet *pkt)
 {
-	struct vip_info *vip = lookup_vip(&pkt->flow);
 	struct ct_entry *ct, fresh = {};
 	struct backend *b = NULL;
 	__u64 now = 0;
@@ -495,16 +554,15 @@ static __always_inline int balance(struct packet *pkt)
 	u32 zero = 0;
 	struct settings *s;
 
-	if (!vip)
+	if (!lookup_vip(&pkt->flow, &vip_id))
 		return pass(pkt->len);
-	vip_id = vip->vip_id;
 	if (pkt->flow.proto == IPPROTO_UDP)
-		now = bpf_ktime_get_ns();
+		now = bpf_ktime_get_coarse_ns(); /* the timeout is in seconds */
 
+	ct = conntrack.lookup(&pkt->flow);
 	/* A SYN always re-hashes, so a reused client port never follows a
 	 * stale entry to a drained or removed real. */
-	ct = pkt->tcp_flags_syn_only ? NULL : conntrack.lookup(&pkt->flow);
-	if (ct) {
+	if (ct && !pkt->tcp_flags_syn_only) {
 		id = ct->backend_id;
 		b = backend_for(id, vip_id);
 		if (b && pkt->flow.proto == IPPROTO_UDP) {
@@ -527,11 +585,22 @@ static __always_inline int balance(struct packet *pkt)
 	b = backend_for(id, vip_id);
 	if (!b)
 		return no_real(pkt, vip_id);
-	fresh.backend_id = id;
-	fresh.vip_id = vip_id;
-	fresh.last_seen_ns = now;
-	if (conntrack.update(&pkt->flow, &fresh) == 0)
+	if (ct) {
+		/* Rewrite a SYN's or a stale entry in place: an update would
+		 * allocate a new LRU node and free the old one. (Our lookup just
+		 * set the node's reference bit, so the LRU does not recycle it
+		 * under us short of a forced shrink of a full table.) */
+		ct->backend_id = id;
+		ct->vip_id = vip_id;
+		ct->last_seen_ns = now;
 		count(OUT_CT_INSERT, pkt->len);
+	} else {
+		fresh.backend_id = id;
+		fresh.vip_id = vip_id;
+		fresh.last_seen_ns = now;
+		if (conntrack.update(&pkt->flow, &fresh) == 0)
+			count(OUT_CT_INSERT, pkt->len);
+	}
 	return forward(pkt, vip_id, id, b);
 }
 

@@ -14,6 +14,7 @@ from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
 from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
 
 Op = object
+Slot = Tuple[int, int, bytes]  # struct vip_slot: state, vip_id, packed VIP key
 RING_MAP_NAME = "xdplb_ring"
 
 
@@ -57,9 +58,13 @@ class DataPlane:
 
     def backend_entries(self) -> Dict[int, schema.BackendRec]:
         out = {}
+        flags_at = schema.BACKEND_FLAGS_OFFSET
         for i, raw in enumerate(self.maps["backends"].lookup_array_all()):
-            rec = schema.unpack_backend(raw) if raw else None
-            if rec is not None and i != 0:
+            # Most slots are free: test the flags byte before unpacking.
+            if i == 0 or len(raw) <= flags_at or not raw[flags_at] & schema.BACKEND_ACTIVE:
+                continue
+            rec = schema.unpack_backend(raw)
+            if rec is not None:
                 out[i] = rec
         return out
 
@@ -145,6 +150,83 @@ class DataPlane:
         finally:
             os.close(fd)
 
+    # --- vip_index: the data plane's direct-mapped front of `vips` -------------
+    # At every instant a slot is EMPTY only if no VIP in `vips` folds to it,
+    # and EXACT(id, key) only if `key` is the one VIP folding to it, with that
+    # id. SHARED is always safe (the data plane asks `vips`), so every change
+    # passes through it: id and key are rewritten only outside EXACT, and
+    # EXACT is entered and left by a write of the state alone.
+
+    def _slot_of(self, vip_key: bytes) -> bytes:
+        slots = self.maps["vip_index"].info.max_entries
+        return schema.U32.pack(schema.vip_slot(vip_key, slots))
+
+    def _read_slot(self, slot: bytes) -> Slot:
+        raw = self.maps["vip_index"].lookup(slot) or schema.EMPTY_VIP_SLOT
+        state, vip_id, key = schema.VIP_SLOT.unpack(raw[: schema.VIP_SLOT.size])
+        return state, vip_id, key
+
+    def _write_slot(self, slot: bytes, want: Slot) -> None:
+        cur = self._read_slot(slot)
+        steps = []
+        if cur[0] == schema.VIP_SLOT_EXACT and cur != want:
+            steps.append((schema.VIP_SLOT_SHARED, cur[1], cur[2]))
+        if want[0] == schema.VIP_SLOT_EXACT and cur != want:
+            steps.append((schema.VIP_SLOT_SHARED, want[1], want[2]))
+        steps.append(want)
+        for step in steps:
+            if step != cur:
+                self.maps["vip_index"].update(slot, schema.VIP_SLOT.pack(*step))
+                cur = step
+
+    def _wanted_slot(self, here: List[Tuple[bytes, int]], cur: Slot) -> Slot:
+        if not here:
+            return (schema.VIP_SLOT_EMPTY, 0, schema.EMPTY_VIP_SLOT[: schema.VIP_KEY.size])
+        if len(here) == 1:
+            return (schema.VIP_SLOT_EXACT, here[0][1], here[0][0])
+        return (schema.VIP_SLOT_SHARED, cur[1], cur[2])
+
+    def _vips_by_slot(self) -> Dict[bytes, List[Tuple[bytes, int]]]:
+        out: Dict[bytes, List[Tuple[bytes, int]]] = {}
+        for k, v in self.maps["vips"].items():
+            key = k[: schema.VIP_KEY.size]
+            out.setdefault(self._slot_of(key), []).append((key, schema.U32.unpack(v[:4])[0]))
+        return out
+
+    def _put_vip(self, key: bytes, value: bytes, vip_id: int) -> None:
+        slot = self._slot_of(key)
+        state, sid, skey = self._read_slot(slot)
+        alone = state == schema.VIP_SLOT_EMPTY or (state == schema.VIP_SLOT_EXACT and skey == key)
+        if state == schema.VIP_SLOT_EMPTY:
+            self._write_slot(slot, (schema.VIP_SLOT_SHARED, vip_id, key))
+        elif (state, sid, skey) != (schema.VIP_SLOT_EXACT, vip_id, key):
+            self._write_slot(slot, (schema.VIP_SLOT_SHARED, sid, skey))
+        self.maps["vips"].update(key, value)
+        if alone:
+            self._write_slot(slot, (schema.VIP_SLOT_EXACT, vip_id, key))
+
+    def _del_vip(self, key: bytes) -> None:
+        slot = self._slot_of(key)
+        state, sid, skey = self._read_slot(slot)
+        if state == schema.VIP_SLOT_EXACT:
+            self._write_slot(slot, (schema.VIP_SLOT_SHARED, sid, skey))
+        self.maps["vips"].delete(key)
+        if state == schema.VIP_SLOT_EXACT and skey == key:
+            self._write_slot(slot, self._wanted_slot([], self._read_slot(slot)))
+        elif state != schema.VIP_SLOT_EMPTY:  # others may fold here: ask `vips`
+            here = self._vips_by_slot().get(slot, [])
+            self._write_slot(slot, self._wanted_slot(here, self._read_slot(slot)))
+
+    def sync_vip_index(self) -> None:
+        """Rebuild vip_index from `vips` (a new, empty index next to older pins)."""
+        by_slot = self._vips_by_slot()
+        for i, raw in enumerate(self.maps["vip_index"].lookup_array_all()):
+            slot = schema.U32.pack(i)
+            cur = schema.VIP_SLOT.unpack((raw or schema.EMPTY_VIP_SLOT)[: schema.VIP_SLOT.size])
+            want = self._wanted_slot(by_slot.get(slot, []), cur)
+            if want != cur:
+                self._write_slot(slot, want)
+
     def apply_op(self, op: Op) -> None:
         if isinstance(op, PutBackend):
             self.maps["backends"].update(
@@ -154,11 +236,12 @@ class DataPlane:
         elif isinstance(op, SwapRing):
             self._swap_ring(op.vip_id, op.ring)
         elif isinstance(op, PutVip):
-            self.maps["vips"].update(
-                schema.pack_vip_key(op.vip), schema.VIP_INFO.pack(op.vip_id, 0, op.digest)
+            self._put_vip(
+                schema.pack_vip_key(op.vip), schema.VIP_INFO.pack(op.vip_id, 0, op.digest),
+                op.vip_id,
             )
         elif isinstance(op, DelVip):
-            self.maps["vips"].delete(schema.pack_vip_key(op.vip))
+            self._del_vip(schema.pack_vip_key(op.vip))
         elif isinstance(op, DelRing):
             self.maps["rings"].delete(schema.U32.pack(op.vip_id))
             self._zero_counter("vip_stats", op.vip_id)

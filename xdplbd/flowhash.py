@@ -1,6 +1,8 @@
 """The data plane's flow hash (bpf/xdplb.c flow_hash), for `xdplb explain` and tests.
 
-MurmurHash3 x86_32 over the 40-byte flow key read as ten host-order words.
+The 40-byte flow key read as five host-order 64-bit words, summed with odd
+multipliers, then the MurmurHash3 64-bit finalizer; the ring slot is
+hash * M >> 32 (a multiply instead of hash % M's divide).
 """
 
 from __future__ import annotations
@@ -9,29 +11,25 @@ import struct
 import sys
 
 SEED = 0x9747B28C
-_MASK = 0xFFFFFFFF
-_WORDS = struct.Struct(("<" if sys.byteorder == "little" else ">") + "10I")
-
-
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & _MASK
+PRIMES = (
+    0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+    0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5,
+)
+_MASK64 = (1 << 64) - 1
+_WORDS = struct.Struct(("<" if sys.byteorder == "little" else ">") + "5Q")
 
 
 def flow_hash(flow_key: bytes) -> int:
     h = SEED
-    for w in _WORDS.unpack(flow_key[: _WORDS.size]):
-        k = (w * 0xCC9E2D51) & _MASK
-        k = (_rotl(k, 15) * 0x1B873593) & _MASK
-        h ^= k
-        h = (_rotl(h, 13) * 5 + 0xE6546B64) & _MASK
-    h ^= _WORDS.size
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _MASK
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _MASK
-    h ^= h >> 16
-    return h
+    for w, p in zip(_WORDS.unpack(flow_key[: _WORDS.size]), PRIMES):
+        h = (h + w * p) & _MASK64
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & _MASK64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & _MASK64
+    h ^= h >> 33
+    return h & 0xFFFFFFFF
 
 
 def ring_slot(flow_key: bytes, ring_size: int) -> int:
-    return flow_hash(flow_key) % ring_size
+    return (flow_hash(flow_key) * ring_size) >> 32

@@ -159,6 +159,12 @@ def load(pin_dir: str, t: Tunables) -> Program:
     except Exception as e:  # bcc raises bare Exception on compile/verify errors
         raise LoadError(f"cannot compile/load {src_path}: {e}") from e
     fd = os.dup(fn.fd)  # outlive the BPF object, which closes its own fds
+    try:
+        _sync_vip_index(pin_dir, t)
+    except Exception:
+        os.close(fd)
+        bpf.cleanup()
+        raise
     tmp = os.path.join(pin_dir, "tmp_" + PROG_PREFIX + digest)  # bpffs names allow no dots
     if os.path.exists(tmp):
         os.unlink(tmp)
@@ -166,6 +172,17 @@ def load(pin_dir: str, t: Tunables) -> Program:
     os.rename(tmp, pin_path)
     bpf.cleanup()
     return Program(fd, digest, pin_path, True, bpfsys.prog_info(fd))
+
+
+def _sync_vip_index(pin_dir: str, t: Tunables) -> None:
+    """Make vip_index agree with the pinned VIPs before the program sees a packet.
+
+    An index created next to pins from an older build starts empty, and the
+    plan writes nothing for VIPs that are already live."""
+    from .dataplane import DataPlane
+
+    with DataPlane(pin_dir, t) as dp:
+        dp.sync_vip_index()
 
 
 def remove_stale_programs(pin_dir: str, keep: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -17,16 +18,25 @@ FAMILY_V4 = 4
 FAMILY_V6 = 6
 BACKEND_ACTIVE = 1
 RING_LANES = 4  # u16 backend ids per 8-byte ring value
+VIP_INDEX_PER_VIP = 8  # vip_index slots per `vips` slot
+VIP_INDEX_MULT = 0x9E3779B1
+# enum vip_slot_state in bpf/xdplb.c
+VIP_SLOT_EMPTY, VIP_SLOT_SHARED, VIP_SLOT_EXACT = 0, 1, 2
 
 VIP_KEY = struct.Struct("<16s2sBB")  # addr, port (network order), proto, family
 VIP_INFO = struct.Struct("<IIQ")  # vip_id, flags, ring_digest
 BACKEND = struct.Struct("<6sBBII16s")  # mac, family, flags, vip_id, weight, addr
+BACKEND_FLAGS_OFFSET = 7
 FLOW_KEY = struct.Struct("<16s16s2s2sBB2x")  # src, dst, sport, dport, proto, family
 CT_ENTRY = struct.Struct("<IIQ")  # backend_id, vip_id, last_seen_ns
 COUNTER = struct.Struct("<QQ")  # packets, bytes
 SETTINGS = struct.Struct("<6s2xQ")  # lb_mac, udp_timeout_ns
 RING_VALUE = struct.Struct("<4H")
+VIP_SLOT = struct.Struct("<II20s")  # state, vip_id, vip_key
 U32 = struct.Struct("<I")
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+_ADDR_WORDS = struct.Struct(_NATIVE + "4I")  # the data plane reads host-order words
+_PORT_HOST = struct.Struct(_NATIVE + "H")
 
 # Outcome counter indices: enum outcome in bpf/xdplb.c.
 OUTCOMES = (
@@ -60,7 +70,12 @@ def map_specs(t: Tunables) -> List[MapSpec]:
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
         MapSpec("outcomes", "percpu_array", 4, COUNTER.size, len(OUTCOMES)),
         MapSpec("settings", "array", 4, SETTINGS.size, 1),
+        MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
     ]
+
+
+def vip_index_slots(t: Tunables) -> int:
+    return VIP_INDEX_PER_VIP * t.max_vips
 
 
 def ring_spec(t: Tunables) -> MapSpec:
@@ -97,6 +112,19 @@ def pack_vip_key(key: VipKey) -> bytes:
     return VIP_KEY.pack(
         addr16(key.addr), key.port.to_bytes(2, "big"), PROTOCOLS[key.proto], family_of(key.addr)
     )
+
+
+def vip_slot(packed_vip_key: bytes, slots: int) -> int:
+    """The vip_index slot of a packed VIP key (bpf/xdplb.c vip_slot_of)."""
+    addr, port, proto, family = VIP_KEY.unpack(packed_vip_key[: VIP_KEY.size])
+    a0, a1, a2, a3 = _ADDR_WORDS.unpack(addr)
+    x: int = a0 ^ a1 ^ a2 ^ a3 ^ _PORT_HOST.unpack(port)[0] ^ (proto << 16) ^ (family << 24)
+    x ^= x >> 16
+    x = (x * VIP_INDEX_MULT) & 0xFFFFFFFF
+    return (x * slots) >> 32
+
+
+EMPTY_VIP_SLOT = bytes(VIP_SLOT.size)
 
 
 def unpack_vip_key(raw: bytes) -> Optional[VipKey]:

@@ -108,3 +108,15 @@ def test_same_reals_in_another_order_give_the_same_choices(dpx: DataPlaneHarness
     dpx.flush_conntrack()
     dpx.configure([vip(VIP, 80, "tcp", [real(ip, mac) for ip, mac in shuffled])])
     assert _send(dpx, flows, "S") == a
+
+
+def test_structured_clients_spread_evenly(dpx: DataPlaneHarness) -> None:
+    """The ring hash must not follow patterns in the 5-tuple: one client walking
+    its ports, and a block of consecutive addresses on one port."""
+    dpx.configure(_config({ip: 1 for ip, _ in REALS}))
+    n = 5000
+    for flows in ([("172.16.0.1", 1024 + i) for i in range(n)],
+                  [(str(ipaddress.IPv4Address("172.17.0.0") + i), 5000) for i in range(n)]):
+        owner = _send(dpx, flows, "S")
+        shares = {ip: sum(1 for o in owner.values() if o == ip) for ip, _ in REALS}
+        assert all(0.8 * n / 10 <= s <= 1.2 * n / 10 for s in shares.values()), shares

@@ -12,7 +12,14 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
-from tests.dataplane.harness import CLIENT_MAC, LB_MAC, DataPlaneHarness, real, vip
+from tests.dataplane.harness import (
+    CLIENT_MAC,
+    LB_MAC,
+    TEST_TUNABLES,
+    DataPlaneHarness,
+    real,
+    vip,
+)
 from xdplbd import schema
 from xdplbd.dataplane import lookup_flow
 from xdplbd.flowhash import ring_slot
@@ -126,8 +133,11 @@ def test_syn_overrides_a_stale_entry(lb: DataPlaneHarness) -> None:
     lb.maps["conntrack"].update(
         fk, schema.CT_ENTRY.pack(lb.backend_id(K_TCP4, other), lb.vip_id(K_TCP4), 0)
     )
+    before = lb.snapshot()
     action, out = lb.run(syn4(40004))
     assert action == "tx" and assert_forwarded(syn4(40004), out) == ring_real
+    # The entry is rewritten in place: still a miss and an insert.
+    assert lb.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
     entry = lookup_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40004, 80, "tcp")
     assert entry is not None and entry[0] == lb.backend_id(K_TCP4, ring_real)
 
@@ -339,3 +349,111 @@ def test_removed_real_flows_move_on_their_next_packet(lb: DataPlaneHarness) -> N
     moved_to = assert_forwarded(ack, out)
     assert moved_to != owner and moved_to == expected_real(lb, K_TCP4, CLIENT4, 40020)
     assert lb.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
+
+
+# --- vip_index: the data plane's direct-mapped front of the VIP hash --------------
+
+def _slot(key: VipKey) -> int:
+    return schema.vip_slot(schema.pack_vip_key(key), schema.vip_index_slots(TEST_TUNABLES))
+
+
+def _port_sharing_slot(key: VipKey, skip: int = 0) -> int:
+    """A port != key.port (and != skip) whose VipKey on key's address folds to key's slot."""
+    for port in range(1, 65536):
+        other = VipKey(key.addr, port, key.proto)
+        if port not in (key.port, skip) and _slot(other) == _slot(key):
+            return port
+    raise AssertionError("no colliding port")
+
+
+def _slot_state(dp: DataPlaneHarness, key: VipKey) -> tuple:
+    raw = dp.maps["vip_index"].lookup(schema.U32.pack(_slot(key)))
+    assert raw is not None
+    state, vip_id, packed = schema.VIP_SLOT.unpack(raw[: schema.VIP_SLOT.size])
+    return state, vip_id, packed
+
+
+def _meaning(slot: tuple) -> tuple:
+    """What the data plane reads of a slot: id and key only when it is EXACT."""
+    return slot if slot[0] == schema.VIP_SLOT_EXACT else slot[:1]
+
+
+def _reals4() -> list:
+    return [real(i, m) for i, m in REALS4]
+
+
+def test_vips_sharing_an_index_slot_both_forward(dpx: DataPlaneHarness) -> None:
+    port = _port_sharing_slot(K_TCP4)
+    dpx.configure([vip(VIP4, 80, "tcp", _reals4()), vip(VIP4, port, "tcp", _reals4())])
+    assert _slot_state(dpx, K_TCP4)[0] == schema.VIP_SLOT_SHARED
+    for dport in (80, port):
+        frame = syn4(41000, dport=dport)
+        action, out = dpx.run(frame)
+        key = VipKey(K_TCP4.addr, dport, "tcp")
+        assert action == "tx" and assert_forwarded(frame, out) == expected_real(
+            dpx, key, CLIENT4, 41000)
+
+
+def test_vip_still_forwards_after_a_vip_sharing_its_slot_is_removed(
+    dpx: DataPlaneHarness,
+) -> None:
+    port = _port_sharing_slot(K_TCP4)
+    survivor = VipKey(K_TCP4.addr, port, "tcp")
+    dpx.configure([vip(VIP4, 80, "tcp", _reals4()), vip(VIP4, port, "tcp", _reals4())])
+    dpx.configure([vip(VIP4, port, "tcp", _reals4())])
+    # The survivor now has the slot to itself.
+    state, vip_id, packed = _slot_state(dpx, survivor)
+    assert (state, vip_id, packed) == (
+        schema.VIP_SLOT_EXACT, dpx.vip_id(survivor), schema.pack_vip_key(survivor))
+    frame = syn4(41001, dport=port)
+    before = dpx.snapshot()
+    action, out = dpx.run(frame)
+    assert action == "tx"
+    assert assert_forwarded(frame, out) == expected_real(dpx, survivor, CLIENT4, 41001)
+    assert dpx.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
+    # The removed VIP, in the same slot, is not a VIP any more.
+    gone = syn4(41002, dport=80)
+    before = dpx.snapshot()
+    assert dpx.run(gone) == ("pass", gone)
+    assert dpx.delta(before) == {"pass": 1}
+    dpx.configure([])
+    assert _slot_state(dpx, survivor)[0] == schema.VIP_SLOT_EMPTY
+
+
+def test_three_vips_in_one_slot_stay_shared_until_one_is_left(dpx: DataPlaneHarness) -> None:
+    p2 = _port_sharing_slot(K_TCP4)
+    p3 = _port_sharing_slot(K_TCP4, skip=p2)
+    dpx.configure([vip(VIP4, p, "tcp", _reals4()) for p in (80, p2, p3)])
+    dpx.configure([vip(VIP4, p, "tcp", _reals4()) for p in (p2, p3)])
+    assert _slot_state(dpx, K_TCP4)[0] == schema.VIP_SLOT_SHARED
+    for dport in (p2, p3):
+        assert dpx.run(syn4(41003, dport=dport))[0] == "tx"
+    dpx.configure([vip(VIP4, p3, "tcp", _reals4())])
+    assert _slot_state(dpx, K_TCP4)[0] == schema.VIP_SLOT_EXACT
+    assert dpx.run(syn4(41004, dport=p3))[0] == "tx"
+    assert dpx.run(syn4(41005, dport=p2))[0] == "pass"
+
+
+def test_non_vip_folding_to_a_vips_slot_passes(dpx: DataPlaneHarness) -> None:
+    dpx.configure([vip(VIP4, 80, "tcp", _reals4())])
+    assert _slot_state(dpx, K_TCP4)[0] == schema.VIP_SLOT_EXACT
+    frame = syn4(41006, dport=_port_sharing_slot(K_TCP4))
+    before = dpx.snapshot()
+    assert dpx.run(frame) == ("pass", frame)
+    assert dpx.delta(before) == {"pass": 1}
+
+
+def test_sync_rebuilds_the_index_from_the_vips(dpx: DataPlaneHarness) -> None:
+    port = _port_sharing_slot(K_TCP4)
+    keys = [K_TCP4, VipKey(K_TCP4.addr, port, "tcp"), K_TCP6]
+    dpx.configure([vip(VIP4, 80, "tcp", _reals4()), vip(VIP4, port, "tcp", _reals4()),
+                   vip(VIP6, 80, "tcp", [real(i, m) for i, m in REALS6])])
+    want = {k: _meaning(_slot_state(dpx, k)) for k in keys}
+    index = dpx.maps["vip_index"]
+    for i in range(index.info.max_entries):
+        index.update(schema.U32.pack(i), schema.EMPTY_VIP_SLOT)
+    frame = syn4(41007)
+    assert dpx.run(frame) == ("pass", frame), "an empty slot means: not a VIP"
+    dpx.sync_vip_index()
+    assert {k: _meaning(_slot_state(dpx, k)) for k in keys} == want
+    assert dpx.run(frame)[0] == "tx"

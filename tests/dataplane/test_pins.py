@@ -47,3 +47,39 @@ def test_unchanged_source_reuses_the_pinned_program(program: loader.Program) -> 
         assert again.info.id == program.info.id
     finally:
         os.close(again.fd)
+
+
+def test_a_new_vip_index_next_to_older_pins_learns_the_live_vips() -> None:
+    """An upgrade from a build without vip_index: BCC creates the index empty
+    while `vips` keeps its entries, and the plan will write nothing for them."""
+    import ipaddress
+
+    from xdplbd import schema
+    from xdplbd.dataplane import DataPlane
+    from xdplbd.model import VipKey
+
+    pin_dir = f"/sys/fs/bpf/xdplb-upgrade-{os.getpid()}"
+    os.makedirs(pin_dir, exist_ok=True)
+    key = schema.pack_vip_key(VipKey(ipaddress.ip_address("10.9.0.1"), 443, "tcp"))
+    fd = bpfsys.lib().bpf_map_create(1, b"vips", schema.VIP_KEY.size, schema.VIP_INFO.size,
+                                     TEST_TUNABLES.max_vips, None)  # BPF_MAP_TYPE_HASH
+    assert fd >= 0
+    prog = None
+    try:
+        bpfsys.Map(fd, "vips", owned=False).update(key, schema.VIP_INFO.pack(5, 0, 0))
+        bpfsys.obj_pin(fd, f"{pin_dir}/vips")
+        prog = loader.load(pin_dir, TEST_TUNABLES)
+        assert prog.compiled
+        with DataPlane(pin_dir, TEST_TUNABLES) as dp:
+            slot = schema.vip_slot(key, schema.vip_index_slots(TEST_TUNABLES))
+            raw = dp.maps["vip_index"].lookup(schema.U32.pack(slot))
+            assert raw is not None
+            assert schema.VIP_SLOT.unpack(raw[: schema.VIP_SLOT.size]) == (
+                schema.VIP_SLOT_EXACT, 5, key)
+    finally:
+        os.close(fd)
+        if prog is not None:
+            os.close(prog.fd)
+        for name in os.listdir(pin_dir):
+            os.unlink(os.path.join(pin_dir, name))
+        os.rmdir(pin_dir)
