@@ -83,14 +83,11 @@ class DataPlane:
         backends = self.backend_entries()
         rings = self.ring_ids()
         live_ids = {vip_id for _, vip_id, _ in vips}
-        live = []
-        for key, vip_id, digest in vips:
-            members = tuple(
-                LiveBackend(bid, b.ip, b.mac, b.weight)
-                for bid, b in sorted(backends.items())
-                if b.vip_id == vip_id
-            )
-            live.append(LiveVip(key, vip_id, digest, members))
+        by_vip: Dict[int, List[LiveBackend]] = {}
+        for bid, b in sorted(backends.items()):  # one pass: VIPs x reals can be 10^4+
+            by_vip.setdefault(b.vip_id, []).append(LiveBackend(bid, b.ip, b.mac, b.weight))
+        live = [LiveVip(key, vip_id, digest, tuple(by_vip.get(vip_id, ())))
+                for key, vip_id, digest in vips]
         return LiveState(
             vips=tuple(sorted(live, key=lambda v: v.id)),
             orphan_vip_ids=frozenset(set(rings) - live_ids),
