@@ -13,7 +13,8 @@ The LB answers ARP/NDP for the VIPs; the reals accept frames addressed to the VI
 ``v-lb``, the bridge-side peer of the LB, carries an XDP_PASS program in native mode,
 because XDP_TX out of a veth is only delivered if the peer veth has an XDP program.
 The client has ``tx`` checksum offload off: with native XDP_TX on veth, offloaded
-frames would reach the reals with bad checksums.
+frames would reach the reals with bad checksums. Each real's ``eth0`` steers every flow
+to one CPU (RPS), as a physical NIC's RSS does; see ``Lab._steer_flows``.
 
 Nothing outside the lab's namespaces is touched, except the state directory
 ``/run/xdplb-lab/<prefix>/`` (nginx configs, pid and log files, ``lb_conf.json``).
@@ -584,6 +585,7 @@ class Lab:
         try:
             self._create_namespaces()
             self._create_links()
+            self._steer_flows()
             self._attach_peer_xdp()
             self._start_services()
             self._write_state()
@@ -694,6 +696,30 @@ class Lab:
                     f"net.ipv4.conf.{IFNAME}.arp_announce": "2",
                 },
             )
+
+    def _steer_flows(self) -> None:
+        """Receive Packet Steering on every real's eth0, to all CPUs: each flow is then
+        processed on one CPU, as behind a physical NIC with RSS.
+
+        A veth hands each packet to the stack on the CPU that sent it, so the handshake's
+        last ACK and the first request of one connection can reach a real on two CPUs at
+        once (through the LB, about once in 10^5 connections here). Kernels without
+        upstream's fix for the lockless ehash lookup racing inet_ehash_insert() (6.18
+        here) then miss the socket and answer the request with a RST.
+        """
+        full, groups = (1 << (os.cpu_count() or 1)) - 1, []
+        while full:
+            groups.append(f"{full & 0xFFFFFFFF:08x}")
+            full >>= 32
+        mask = ",".join(reversed(groups))
+        script = (
+            f"for q in /sys/class/net/{IFNAME}/queues/rx-*; do "
+            f"[ ! -w $q/rps_cpus ] || echo {mask} > $q/rps_cpus || exit 1; done"
+        )
+        # sysfs shows a namespace's devices only when mounted from inside it, which is
+        # what `ip netns exec` does (its /sys remount is harmless here: no bpffs needed).
+        _run_all([(["ip", "netns", "exec", self.real_ns(r), "sh", "-c", script], None)
+                  for r in self.real_names])
 
     def _attach_peer_xdp(self) -> None:
         """XDP_PASS on v-lb: XDP_TX from the LB's eth0 is dropped unless its peer has XDP."""
