@@ -268,8 +268,9 @@ class Map:
             f"batch update map {self.name}",
         )
 
-    def lookup_array_all(self) -> List[bytes]:
-        """Every value of an array map via batch lookup (falls back to one by one)."""
+    def lookup_array_raw(self) -> bytes:
+        """Every value of an array map, concatenated (read_size bytes each), by one
+        batch lookup; falls back to one lookup per slot (an absent slot reads as 0s)."""
         n = self.info.max_entries
         keys = ctypes.create_string_buffer(4 * n)
         values = ctypes.create_string_buffer(self.read_size * n)
@@ -282,10 +283,64 @@ class Map:
         )
         err = 0 if ret >= 0 else (-ret if ret != -1 else ctypes.get_errno())
         if err not in (0, errno.ENOENT) or count.value != n:
-            return [self.lookup(i.to_bytes(4, "little")) or b"" for i in range(n)]
-        raw = values.raw
+            blank = bytes(self.read_size)
+            return b"".join(self.lookup(i.to_bytes(4, "little")) or blank for i in range(n))
+        return values.raw
+
+    def lookup_array_all(self) -> List[bytes]:
+        """Every value of an array map via batch lookup (falls back to one by one)."""
+        raw = self.lookup_array_raw()
         size = self.read_size
-        return [raw[i * size : (i + 1) * size] for i in range(n)]
+        return [raw[i * size : (i + 1) * size] for i in range(self.info.max_entries)]
+
+    def batches(self, chunk: int = 8192) -> Iterator[Tuple[bytes, bytes, int]]:
+        """(keys, values, n) chunks of a (non per-CPU) hash map, by BPF_MAP_LOOKUP_BATCH.
+
+        About 1000 times fewer syscalls than get_next_key + lookup. Entries added or
+        removed during the scan may be missed or seen twice, as with any walk of a
+        live hash table. Falls back to one-by-one reads if batching is unsupported.
+        """
+        ks, vs = self.info.key_size, self.read_size
+        keys = ctypes.create_string_buffer(ks * chunk)
+        values = ctypes.create_string_buffer(vs * chunk)
+        in_batch = ctypes.create_string_buffer(8)
+        out_batch = ctypes.create_string_buffer(8)
+        opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
+        first = True
+        while True:
+            count = ctypes.c_uint32(chunk)
+            ret = lib().bpf_map_lookup_batch(
+                self.fd, None if first else in_batch, out_batch, keys, values,
+                ctypes.byref(count), ctypes.byref(opts),
+            )
+            err = 0 if ret >= 0 else (-ret if ret != -1 else ctypes.get_errno())
+            if err not in (0, errno.ENOENT):
+                if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    items = self.items()
+                    yield b"".join(k for k, _ in items), b"".join(v for _, v in items), len(items)
+                    return
+                if err == errno.ENOSPC:  # one hash bucket holds more than `chunk` entries
+                    chunk *= 4
+                    keys = ctypes.create_string_buffer(ks * chunk)
+                    values = ctypes.create_string_buffer(vs * chunk)
+                    continue
+                raise BpfError(err, f"batch lookup in map {self.name}: {errno.errorcode[err]}")
+            n = count.value
+            if n:
+                yield keys.raw[: n * ks], values.raw[: n * vs], n
+            if err == errno.ENOENT:
+                return
+            first = False
+            ctypes.memmove(in_batch, out_batch, 8)
+
+    def lookup_batch_all(self) -> List[Tuple[bytes, bytes]]:
+        """Every (key, value) of a hash map: items() in a syscall or a few."""
+        ks, vs = self.info.key_size, self.read_size
+        out: List[Tuple[bytes, bytes]] = []
+        for keys, values, n in self.batches(max(1, min(self.info.max_entries, 8192))):
+            out.extend((keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs])
+                       for i in range(n))
+        return out
 
 
 def create_array(name: str, value_size: int, max_entries: int) -> int:

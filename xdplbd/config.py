@@ -13,7 +13,8 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from json.decoder import scanstring  # type: ignore[attr-defined]
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
 
 from xdplbd.model import (
     PROTOCOLS,
@@ -72,13 +73,25 @@ class _Object(Dict[str, Any]):
     duplicates: List[str]
 
 
-def _object_hook(pairs: List[Tuple[str, Any]]) -> _Object:
-    obj = _Object()
-    obj.duplicates = []
+def _object_hook(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A plain dict, or an _Object naming its duplicate keys if it has any."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    dup = _Object()
+    dup.duplicates = []
     for k, v in pairs:
-        if k in obj:
-            obj.duplicates.append(k)
-        obj[k] = v
+        if k in dup:
+            dup.duplicates.append(k)
+        dup[k] = v
+    return dup
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """For the fast path: a repeated key sends the document to the full validator."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Fallback
     return obj
 
 
@@ -104,6 +117,8 @@ def strip_comments(text: str) -> str:
 
     Raises ValueError(message) for an unterminated block comment.
     """
+    if "//" not in text and "/*" not in text:
+        return text  # no comment can start anywhere (the common, generated, case)
 
     def blank(m: re.Match[str]) -> str:
         tok = m.group(0)
@@ -125,6 +140,9 @@ def _line_col(text: str, pos: int) -> Tuple[int, int]:
 
 def parse_config(text: str, source: str) -> Config:
     """Parse JSON-with-comments text into a Config, or raise ConfigError with all errors."""
+    cfg = _parse_memoised(text)
+    if cfg is not None:
+        return cfg
     try:
         doc = json.loads(strip_comments(text), object_pairs_hook=_object_hook)
     except json.JSONDecodeError as e:
@@ -138,6 +156,159 @@ def parse_config(text: str, source: str) -> Config:
     if v.errors or cfg is None:
         raise ConfigError(source, v.errors)
     return cfg
+
+
+# -- the fast path: a per-VIP memo ----------------------------------------------------
+#
+# Validating a VIP on its own is a pure function of its JSON text: a VIP that
+# passes gives the same Vip whatever surrounds it. A reload of a big config
+# changes a VIP or two, so the fast path cuts the "vips" array into the text of
+# each element (json's own scanner finds where each ends) and looks each text
+# up in a memo of VIPs that passed, validating only the ones it has not seen.
+# The checks across VIPs (duplicate VIPs, one MAC per real, the tunables'
+# limits) run on every parse. Anything short of a clean pass (an invalid or
+# unusual document, a repeated key, any error) goes through json.loads and the
+# full validator, which name every error: both paths accept the same configs.
+
+
+class _Fallback(Exception):
+    """Leave the fast path: parse and validate the whole document the full way."""
+
+
+class _VipTexts(List[str]):
+    """The JSON text of each element of "vips", in order."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A VIP that validated on its own, with what the cross-VIP checks need."""
+
+    vip: Vip
+    key: Tuple[str, int, str]  # VipKey with canonical address text
+    ips: FrozenSet[str]  # its reals' addresses (canonical text)
+    macs: FrozenSet[str]  # "ip mac" of each real
+    reals: int
+
+
+_memo: Dict[str, _Checked] = {}
+MEMO_SLACK = 64  # entries beyond twice the VIPs of the last parse before pruning
+_WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as json.decoder has it
+_Scan = Callable[[str, int], Tuple[Any, int]]  # json's scanner: (value, end index)
+_scan_value: _Scan = cast(Any, json.JSONDecoder()).scan_once  # plain, like json.loads
+
+
+def _skip(text: str, i: int) -> int:
+    """The index of the first non-whitespace character from i."""
+    m = _WS.match(text, i)
+    return m.end() if m else i
+
+
+def clear_memo() -> None:
+    _memo.clear()
+
+
+def _parse_memoised(text: str) -> Optional[Config]:
+    """The Config by the fast path, or None to go the full way."""
+    try:
+        top = _top_level(strip_comments(text))
+        if top is None:
+            return None
+        v = _Validator()
+        cfg = v.document(top)
+    except (_Fallback, ValueError, StopIteration):
+        return None
+    return cfg if cfg is not None and not v.errors else None
+
+
+def _top_level(text: str) -> Optional[Dict[str, Any]]:
+    """The top-level object, its "vips" array as _VipTexts; None unless the
+    document is a plain object (no repeated key) whose "vips" is an array."""
+    ws = _skip
+    scan_dict: _Scan = cast(Any, json.JSONDecoder(object_pairs_hook=_no_duplicates)).scan_once
+    i = ws(text, 0)
+    if text[i : i + 1] != "{":
+        return None
+    top: Dict[str, Any] = {}
+    i = ws(text, i + 1)
+    closed = text[i : i + 1] == "}"
+    while not closed:
+        if text[i : i + 1] != '"':
+            return None
+        key, i = scanstring(text, i + 1)
+        i = ws(text, i)
+        if key in top or text[i : i + 1] != ":":
+            return None
+        i = ws(text, i + 1)
+        if key == "vips" and text[i : i + 1] == "[":
+            top[key], i = _elements(text, i + 1)
+        else:
+            top[key], i = scan_dict(text, i)
+        i = ws(text, i)
+        sep = text[i : i + 1]
+        if sep not in (",", "}"):
+            return None
+        closed = sep == "}"
+        i = ws(text, i + 1)
+    return top if i == len(text) else None
+
+
+def _elements(text: str, i: int) -> Tuple[_VipTexts, int]:
+    """The text of each element of the array whose "[" ends at i; and where it ends."""
+    ws = _skip
+    out = _VipTexts()
+    i = ws(text, i)
+    if text[i : i + 1] == "]":
+        return out, i + 1
+    while True:
+        _value, end = _scan_value(text, i)
+        out.append(text[i:end])
+        i = ws(text, end)
+        sep = text[i : i + 1]
+        if sep == "]":
+            return out, i + 1
+        if sep != ",":
+            raise _Fallback
+        i = ws(text, i + 1)
+
+
+def _check_alone(text: str) -> Optional[_Checked]:
+    item = json.loads(text, object_pairs_hook=_no_duplicates)
+    v = _Validator()
+    vip = v.vip(item, "vips[0]", {})
+    if vip is None or v.errors:
+        return None
+    k = vip.key
+    ips = [str(r.ip) for r in vip.reals]
+    return _Checked(vip, (str(k.addr), k.port, k.proto), frozenset(ips),
+                    frozenset(f"{ip} {r.mac}" for ip, r in zip(ips, vip.reals)), len(ips))
+
+
+def _vips_memoised(texts: List[str], tun: Tunables) -> Optional[Tuple[Vip, ...]]:
+    """The VIPs if every one and every cross-VIP check passes, else None."""
+    checked: List[_Checked] = []
+    for text in texts:
+        c = _memo.get(text)
+        if c is None:
+            c = _check_alone(text)
+            if c is None:
+                return None
+            _memo[text] = c
+        checked.append(c)
+    n = len(checked)
+    if n > tun.max_vips or sum(c.reals for c in checked) > tun.max_reals - 1:
+        return None
+    if max((c.reals for c in checked), default=0) * RING_SLOTS_PER_REAL > tun.ring_size:
+        return None
+    if len({c.key for c in checked}) != n:
+        return None  # a duplicate VIP
+    ips: Set[str] = set().union(*(c.ips for c in checked))
+    if len(set().union(*(c.macs for c in checked))) != len(ips):
+        return None  # a real with two MACs
+    if len(_memo) > 2 * n + MEMO_SLACK:
+        used = dict(zip(texts, checked))
+        _memo.clear()
+        _memo.update(used)
+    return tuple(c.vip for c in checked)
 
 
 def _describe(value: Any) -> str:
@@ -197,13 +368,12 @@ class _Validator:
 
     # -- generic checks -------------------------------------------------------
 
-    def obj(self, value: Any, path: str, allowed: Sequence[str]) -> Optional[_Object]:
+    def obj(self, value: Any, path: str, allowed: Sequence[str]) -> Optional[Dict[str, Any]]:
         """Check value is an object with only allowed keys; None if not an object."""
         if not isinstance(value, dict):
             self.err(path, f"must be an object, got {_describe(value)}")
             return None
-        assert isinstance(value, _Object)
-        for k in value.duplicates:
+        for k in getattr(value, "duplicates", ()):
             self.err(_join(path, k), f'key "{k}" is given more than once')
         for k in value:
             if k not in allowed:
@@ -359,6 +529,11 @@ class _Validator:
         return Metrics(listen=listen)
 
     def vips(self, value: Any, tun: Tunables, tun_ok: Dict[str, bool]) -> Optional[Tuple[Vip, ...]]:
+        if isinstance(value, _VipTexts):  # the fast path
+            fast = _vips_memoised(value, tun) if all(tun_ok.values()) else None
+            if fast is None:
+                raise _Fallback
+            return fast
         if not isinstance(value, list):
             self.err("vips", f"must be an array, got {_describe(value)}")
             return None

@@ -6,8 +6,9 @@ lives in plan.py; this module only writes it, in the order given.
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import bpfsys, schema
 from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
@@ -16,10 +17,13 @@ from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
 Op = object
 Slot = Tuple[int, int, bytes]  # struct vip_slot: state, vip_id, packed VIP key
 RING_MAP_NAME = "xdplb_ring"
+# New rings installed by one outer-map batch update (one RCU wait), at most this
+# many at a time: each holds a file descriptor until the batch is written.
+RING_BATCH = 128
 
 
 class DataPlane:
-    """Open handles on every pinned map under `pin_dir`."""
+    """Open handles on every pinned map under `pin_dir` (one thread at a time)."""
 
     def __init__(self, pin_dir: str, tunables: Tunables) -> None:
         self.pin_dir = pin_dir
@@ -32,6 +36,14 @@ class DataPlane:
             self.close()
             raise
         self.writes = 0  # map writes made by apply(); tests assert "no-op = 0"
+        # read_live() decodes only what changed since its last call: records are
+        # kept with the raw bytes they were decoded from and reused while those
+        # bytes are the same (a decoded record is a pure function of its bytes).
+        self._backends_raw = b""  # the whole backends array, as last read
+        self._backends: Dict[int, Tuple[bytes, LiveBackend]] = {}  # id -> (record, decoded)
+        self._by_vip: Dict[int, Tuple[LiveBackend, ...]] = {}  # vip_id -> backends, by id
+        self._vips: Dict[bytes, Tuple[bytes, Optional[LiveVip]]] = {}  # key -> (value, decoded)
+        self._ring_keys = b""
 
     def close(self) -> None:
         for m in self.maps.values():
@@ -71,30 +83,91 @@ class DataPlane:
     def ring_ids(self) -> Dict[int, int]:
         """vip_id -> inner map id, for every occupied ring slot."""
         rings = self.maps["rings"]
-        out = {}
-        for i in range(rings.info.max_entries):
-            raw = rings.lookup(schema.U32.pack(i))
-            if raw is not None:
-                out[i] = schema.U32.unpack(raw[:4])[0]
+        out: Dict[int, int] = {}
+        # A batch lookup of an array of maps returns the occupied slots only.
+        for keys, values, n in rings.batches(rings.info.max_entries):
+            vsize = len(values) // n
+            for i in range(n):
+                slot = schema.U32.unpack_from(keys, 4 * i)[0]
+                out[slot] = schema.U32.unpack_from(values, vsize * i)[0]
         return out
 
     def read_live(self) -> LiveState:
-        vips = self.vip_entries()
-        backends = self.backend_entries()
+        by_vip = self._live_backends()
+        live = self._live_vips(by_vip)
         rings = self.ring_ids()
-        live_ids = {vip_id for _, vip_id, _ in vips}
-        by_vip: Dict[int, List[LiveBackend]] = {}
-        for bid, b in sorted(backends.items()):  # one pass: VIPs x reals can be 10^4+
-            by_vip.setdefault(b.vip_id, []).append(LiveBackend(bid, b.ip, b.mac, b.weight))
-        live = [LiveVip(key, vip_id, digest, tuple(by_vip.get(vip_id, ())))
-                for key, vip_id, digest in vips]
+        live_ids = {v.id for v in live}
         return LiveState(
             vips=tuple(sorted(live, key=lambda v: v.id)),
             orphan_vip_ids=frozenset(set(rings) - live_ids),
             orphan_backend_ids=frozenset(
-                b for b, r in backends.items() if r.vip_id not in live_ids
+                b.id for vip_id, bs in by_vip.items() if vip_id not in live_ids for b in bs
             ),
         )
+
+    def _live_backends(self) -> Dict[int, Tuple[LiveBackend, ...]]:
+        """Active backends grouped by vip_id, each group by id (one batch read)."""
+        raw = self.maps["backends"].lookup_array_raw()
+        if raw == self._backends_raw:
+            return self._by_vip
+        size = self.maps["backends"].read_size
+        flags_at = schema.BACKEND_FLAGS_OFFSET
+        active = schema.BACKEND_ACTIVE
+        old = self._backends
+        cache: Dict[int, Tuple[bytes, LiveBackend]] = {}
+        by_vip: Dict[int, List[LiveBackend]] = {}
+        # Most slots are free: test the flags bytes before slicing a record. Id 0
+        # is reserved; ids come in order, so each group comes out sorted by id.
+        for bid, flags in enumerate(raw[flags_at::size]):
+            if not flags & active or bid == 0:
+                continue
+            rec = raw[bid * size : (bid + 1) * size]
+            hit = old.get(bid)
+            if hit is not None and hit[0] == rec:
+                cache[bid] = hit
+                b = hit[1]
+                by_vip.setdefault(schema.backend_vip_id(rec), []).append(b)
+                continue
+            dec = schema.unpack_backend(rec)
+            if dec is None:
+                continue
+            b = LiveBackend(bid, dec.ip, dec.mac, dec.weight)
+            cache[bid] = (rec, b)
+            by_vip.setdefault(dec.vip_id, []).append(b)
+        self._backends_raw, self._backends = raw, cache
+        self._by_vip = {vid: tuple(bs) for vid, bs in by_vip.items()}
+        return self._by_vip
+
+    def _live_vips(self, by_vip: Dict[int, Tuple[LiveBackend, ...]]) -> List[LiveVip]:
+        """Every VIP of the `vips` hash with its backends (one batch read)."""
+        old = self._vips
+        cache: Dict[bytes, Tuple[bytes, Optional[LiveVip]]] = {}
+        out: List[LiveVip] = []
+        info_size = schema.VIP_INFO.size
+        for k, raw in self.maps["vips"].lookup_batch_all():
+            v = raw[:info_size]
+            hit = old.get(k)
+            lv: Optional[LiveVip] = None
+            if hit is not None and hit[0] == v:
+                lv = hit[1]
+                if lv is None:  # not a VIP key this version can read
+                    cache[k] = hit
+                    continue
+                key, vip_id, digest = lv.key, lv.id, lv.ring_digest
+            else:
+                vip_id, _flags, digest = schema.VIP_INFO.unpack(v)
+                unpacked = schema.unpack_vip_key(k)
+                if unpacked is None:
+                    cache[k] = (v, None)
+                    continue
+                key = unpacked
+            backends = by_vip.get(vip_id, ())
+            if lv is None or lv.backends != backends:  # the same objects: a fast compare
+                lv = LiveVip(key, vip_id, digest, backends)
+            cache[k] = (v, lv)
+            out.append(lv)
+        self._vips = cache
+        return out
 
     def ring(self, vip_id: int) -> Optional[Tuple[int, ...]]:
         raw = self.maps["rings"].lookup(schema.U32.pack(vip_id))
@@ -133,19 +206,84 @@ class DataPlane:
         m = self.maps[map_name]
         m.update(schema.U32.pack(index), bytes(m.read_size))
 
-    def _swap_ring(self, vip_id: int, ring: Tuple[int, ...]) -> None:
-        """Build the new ring aside, then point the VIP at it in one update."""
+    def _new_ring(self, ring: Sequence[int]) -> int:
+        """A new inner ring map holding `ring`; returns its fd (the caller closes it)."""
         n = schema.ring_values(self.tunables.ring_size)
         fd = bpfsys.create_array(RING_MAP_NAME, schema.RING_VALUE.size, n)
         try:
+            if len(self._ring_keys) != 4 * n:
+                self._ring_keys = b"".join(schema.U32.pack(i) for i in range(n))
             with bpfsys.Map(fd, RING_MAP_NAME, owned=False) as inner:
-                keys = b"".join(schema.U32.pack(i) for i in range(n))
-                inner.update_batch(keys, schema.pack_ring(ring, self.tunables.ring_size), n)
+                inner.update_batch(self._ring_keys, schema.pack_ring(ring, self.tunables.ring_size),
+                                   n)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _swap_ring(self, vip_id: int, ring: Sequence[int]) -> None:
+        """Build the new ring aside, then point the VIP at it in one update."""
+        fd = self._new_ring(ring)
+        try:
             # The kernel waits for an RCU grace period: once this returns, no
             # packet can still be reading the old ring.
             self.maps["rings"].update_fd(schema.U32.pack(vip_id), fd)
         finally:
             os.close(fd)
+
+    def _install_new_rings(self, ops: List[Op]) -> Set[int]:
+        """Install ahead, in batches, the rings that no packet can reach yet; returns
+        the indices of the SwapRing ops so done.
+
+        Every ring update waits for an RCU grace period (~10 ms), which made adding
+        1000 VIPs take 10 s. A SwapRing can go first when its slot is empty, no VIP
+        in `vips` has its id and no earlier op touches that id: packets reach a
+        ring only through a VIP entry, and that VIP's PutVip comes after its
+        SwapRing in the plan. A crash in between leaves orphan rings, which the
+        next plan deletes first.
+        """
+        if sum(1 for op in ops if isinstance(op, SwapRing)) < 2:
+            return set()
+        occupied = set(self.ring_ids())
+        referenced = {schema.U32.unpack(v[:4])[0] for _, v in self.maps["vips"].lookup_batch_all()}
+        touched: Set[int] = set()
+        early: List[int] = []
+        for i, op in enumerate(ops):
+            if isinstance(op, SwapRing):
+                vid = op.vip_id
+                if vid not in touched and vid not in occupied and vid not in referenced:
+                    early.append(i)
+                touched.add(op.vip_id)
+            elif isinstance(op, (PutVip, DelVip, DelRing)):
+                touched.add(op.vip_id)
+        if len(early) < 2:
+            return set()
+        # VIPs with the same reals and weights (a service on two ports, TCP and
+        # UDP) share a Maglev table: built next to each other, they build it once.
+        pending = [op for op in (ops[i] for i in early) if isinstance(op, SwapRing)]
+        pending.sort(key=lambda op: sorted((str(ip), w) for ip, w, _ in op.members))
+        for at in range(0, len(pending), RING_BATCH):
+            part = pending[at : at + RING_BATCH]
+            fds: List[int] = []
+            try:
+                for op in part:
+                    fds.append(self._new_ring(op.table))
+                keys = b"".join(schema.U32.pack(op.vip_id) for op in part)
+                self._put_rings(keys, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        return set(early)
+
+    def _put_rings(self, keys: bytes, fds: List[int]) -> None:
+        rings = self.maps["rings"]
+        try:
+            rings.update_batch(keys, b"".join(fd.to_bytes(4, "little") for fd in fds), len(fds))
+        except bpfsys.BpfError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            for i, fd in enumerate(fds):  # no batch updates of this map type here
+                rings.update_fd(keys[4 * i : 4 * i + 4], fd)
 
     # --- vip_index: the data plane's direct-mapped front of `vips` -------------
     # At every instant a slot is EMPTY only if no VIP in `vips` folds to it,
@@ -185,7 +323,7 @@ class DataPlane:
 
     def _vips_by_slot(self) -> Dict[bytes, List[Tuple[bytes, int]]]:
         out: Dict[bytes, List[Tuple[bytes, int]]] = {}
-        for k, v in self.maps["vips"].items():
+        for k, v in self.maps["vips"].lookup_batch_all():
             key = k[: schema.VIP_KEY.size]
             out.setdefault(self._slot_of(key), []).append((key, schema.U32.unpack(v[:4])[0]))
         return out
@@ -231,7 +369,7 @@ class DataPlane:
                 schema.pack_backend(op.ip, op.mac, op.vip_id, op.weight),
             )
         elif isinstance(op, SwapRing):
-            self._swap_ring(op.vip_id, op.ring)
+            self._swap_ring(op.vip_id, op.table)
         elif isinstance(op, PutVip):
             self._put_vip(
                 schema.pack_vip_key(op.vip), schema.VIP_INFO.pack(op.vip_id, 0, op.digest),
@@ -250,14 +388,21 @@ class DataPlane:
         self.writes += 1
 
     def apply(self, ops: Iterable[Op], on_op: Optional[Callable[[Op], None]] = None) -> int:
-        """Apply ops in order; `on_op` runs after each (logging, fault injection)."""
-        n = 0
-        for op in ops:
-            self.apply_op(op)
-            n += 1
+        """Apply ops in order; `on_op` runs after each (logging, fault injection).
+
+        Rings that no packet can reach yet go in first, a batch at a time
+        (_install_new_rings); to the data plane this is the same order.
+        """
+        todo = list(ops)
+        early = self._install_new_rings(todo)
+        for i, op in enumerate(todo):
+            if i in early:
+                self.writes += 1
+            else:
+                self.apply_op(op)
             if on_op is not None:
                 on_op(op)
-        return n
+        return len(todo)
 
     # --- whole-table helpers (tests, `xdplb detach`) ---------------------------
 

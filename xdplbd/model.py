@@ -1,14 +1,19 @@
 """Typed values shared by the pure core (config, maglev, plan) and the shell.
 
 Everything here is immutable and free of I/O, so it can be compared, hashed
-and tested without root.
+and tested without root. A few derived values that the plan needs on every
+reload (the canonical text of a VIP's reals) are computed once per object
+(functools.cached_property): the objects are immutable, so they cannot go stale.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from functools import cached_property
+from typing import Dict, Iterable, Optional, Tuple, Union
+
+from xdplbd.maglev import ring_text
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -35,6 +40,13 @@ class VipKey:
     port: int
     proto: str
 
+    def __hash__(self) -> int:  # kept by @dataclass; the plan looks keys up a lot
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((self.addr, self.port, self.proto))
+
     def __str__(self) -> str:
         host = f"[{self.addr}]" if self.addr.version == 6 else str(self.addr)
         return f"{host}:{self.port}/{self.proto}"
@@ -53,6 +65,25 @@ class Real:
 class Vip:
     key: VipKey
     reals: Tuple[Real, ...]
+
+    @cached_property
+    def ring_text(self) -> str:
+        """The reals' (identity, weight) lines that name the VIP's ring (maglev.ring_text)."""
+        return ring_text({str(r.ip): r.weight for r in self.reals}.items())
+
+    @cached_property
+    def digests(self) -> Dict[int, int]:
+        """Memo of the ring digest by ring size (plan.desired_digest fills it)."""
+        return {}
+
+    @cached_property
+    def state_text(self) -> str:
+        """Every real as an "ip mac weight" line, sorted: equal texts, equal reals."""
+        return real_lines((r.ip, r.mac, r.weight) for r in self.reals)
+
+
+def real_lines(reals: Iterable[Tuple[IPAddress, str, int]]) -> str:
+    return "".join(sorted(f"{ip} {mac} {weight}\n" for ip, mac, weight in reals))
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,35 @@ class LiveVip:
     id: int
     ring_digest: int
     backends: Tuple[LiveBackend, ...]
+
+    @cached_property
+    def top_backend_id(self) -> int:
+        """The highest backend id, 0 if none."""
+        return max((b.id for b in self.backends), default=0)
+
+    @cached_property
+    def kept(self) -> Dict[IPAddress, LiveBackend]:
+        """Backends by ip, the lowest id of each ip (read-only)."""
+        keep: Dict[IPAddress, LiveBackend] = {}
+        for b in sorted(self.backends, key=lambda b: b.id):
+            keep.setdefault(b.ip, b)
+        return keep
+
+    @cached_property
+    def surplus(self) -> Tuple[LiveBackend, ...]:
+        """Backends whose ip a lower id already has (left by a crash), by id."""
+        kept = self.kept
+        return tuple(b for b in sorted(self.backends, key=lambda b: b.id) if kept[b.ip] is not b)
+
+    @cached_property
+    def ring_text(self) -> str:
+        """maglev.ring_text of the kept backends: what the stored digest should name."""
+        return ring_text((str(b.ip), b.weight) for b in self.kept.values())
+
+    @cached_property
+    def state_text(self) -> str:
+        """The kept backends as Vip.state_text lines."""
+        return real_lines((b.ip, b.mac, b.weight) for b in self.kept.values())
 
 
 @dataclass(frozen=True)

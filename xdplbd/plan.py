@@ -9,10 +9,23 @@ backends that no ring references any more.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from itertools import chain
+from typing import (
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
-from xdplbd.maglev import populate, ring_digest
+from xdplbd.maglev import populate_cached, text_digest
 from xdplbd.model import Config, IPAddress, LiveBackend, LiveState, LiveVip, Real, Vip, VipKey
 
 
@@ -38,10 +51,26 @@ class PutBackend:
 class SwapRing:
     vip: VipKey
     vip_id: int
-    ring: Tuple[int, ...] = field(repr=False)  # backend id per slot, 0 = none, length m
+    members: Tuple[Tuple[IPAddress, int, int], ...] = field(repr=False)  # (ip, weight, id)
+    m: int  # ring size
     digest: int
     moved: int  # slots whose backend differs from the ring of the live backends; m if new
     note: str = ""
+
+    @property
+    def ring(self) -> Tuple[int, ...]:
+        """Backend id per slot, 0 = none, length m.
+
+        Built when asked for (maglev.populate_cached keeps the last few), never
+        stored: a plan that adds a thousand VIPs would otherwise hold a thousand
+        rings of m slots at once.
+        """
+        return build_ring(self.members, self.m)
+
+    @property
+    def table(self) -> array[int]:
+        """The ring as an array of u16 (what the data plane packs)."""
+        return ring_table(self.members, self.m)
 
 
 @dataclass(frozen=True)
@@ -109,45 +138,61 @@ class Plan:
 class _Ids:
     """Smallest-free-id allocator over [lo, hi), used ids given up front."""
 
-    def __init__(self, lo: int, hi: int, used: Set[int], what: str) -> None:
-        self.lo, self.hi, self.used, self.what = lo, hi, set(used), what
+    def __init__(self, lo: int, hi: int, used: Callable[[], Iterable[int]], what: str) -> None:
+        self.lo, self.hi, self.what = lo, hi, what
+        self._used_from = used  # called at the first take(): most reloads take none
+        self._used: Optional[Set[int]] = None
+        self._freed: Set[int] = set()  # before that
+        self.low = lo  # no id below this is free
 
     def take(self) -> int:
-        for i in range(self.lo, self.hi):
-            if i not in self.used:
-                self.used.add(i)
+        if self._used is None:
+            self._used = set(self._used_from()) - self._freed
+        used = self._used
+        for i in range(self.low, self.hi):
+            if i not in used:
+                used.add(i)
+                self.low = i + 1
                 return i
+        self.low = self.hi
         raise PlanError(self.what)
 
     def free(self, i: int) -> None:
-        self.used.discard(i)
+        if self._used is None:
+            self._freed.add(i)
+        else:
+            self._used.discard(i)
+        if self.lo <= i < self.low:
+            self.low = i
 
 
-def build_ring(backends: Sequence[Tuple[IPAddress, int, int]], m: int) -> Tuple[int, ...]:
-    """The Maglev ring of (ip, weight, backend id) triples, as backend ids (0 = none)."""
+def ring_table(backends: Sequence[Tuple[IPAddress, int, int]], m: int) -> array[int]:
+    """The Maglev ring of (ip, weight, backend id) triples, as u16 backend ids (0 = none)."""
     weights = {str(ip): w for ip, w, _ in backends}
     id_of = {str(ip): bid for ip, _, bid in backends}
     ids = [id_of[name] for name in sorted(weights)]
-    idx = populate(weights, m)
+    idx = populate_cached(weights, m)
     if idx[0] < 0:  # no real with weight > 0: every slot is empty
-        return (0,) * m
-    return tuple(map(ids.__getitem__, idx))
+        return array("H", bytes(2 * m))
+    return array("H", map(ids.__getitem__, idx))
+
+
+def build_ring(backends: Sequence[Tuple[IPAddress, int, int]], m: int) -> Tuple[int, ...]:
+    """ring_table() as a tuple."""
+    return tuple(ring_table(backends, m))
 
 
 def desired_digest(vip: Vip, m: int) -> int:
-    return ring_digest({str(r.ip): r.weight for r in vip.reals}, m)
+    known = vip.digests
+    digest = known.get(m)
+    if digest is None:
+        digest = known[m] = text_digest(vip.ring_text, m)
+    return digest
 
 
 def _dedupe(lv: LiveVip) -> Tuple[Dict[IPAddress, LiveBackend], List[LiveBackend]]:
     """Live backends by ip, keeping the lowest id; and the surplus duplicates."""
-    keep: Dict[IPAddress, LiveBackend] = {}
-    extra: List[LiveBackend] = []
-    for b in sorted(lv.backends, key=lambda b: b.id):
-        if b.ip in keep:
-            extra.append(b)
-        else:
-            keep[b.ip] = b
-    return keep, extra
+    return lv.kept, list(lv.surplus)
 
 
 def _weight_note(key: VipKey, ip: IPAddress, old: int, new: int) -> str:
@@ -167,7 +212,7 @@ def make_plan(live: LiveState, desired: Config, count_moved: bool = True) -> Pla
     m = desired.tunables.ring_size
     max_vips, max_reals = desired.tunables.max_vips, desired.tunables.max_reals
     for lv in live.vips:
-        if lv.id >= max_vips or any(b.id >= max_reals for b in lv.backends):
+        if lv.id >= max_vips or lv.top_backend_id >= max_reals:
             raise PlanError(
                 f"vip {lv.key}: live ids exceed tunables.max_vips={max_vips} / "
                 f"max_reals={max_reals}; the maps must be recreated (xdplb detach)"
@@ -175,13 +220,13 @@ def make_plan(live: LiveState, desired: Config, count_moved: bool = True) -> Pla
     vip_ids = _Ids(
         0,
         max_vips,
-        {lv.id for lv in live.vips} | set(live.orphan_vip_ids),
+        lambda: chain((lv.id for lv in live.vips), live.orphan_vip_ids),
         f"not enough VIP ids: tunables.max_vips = {max_vips}",
     )
     backend_ids = _Ids(
         1,
         max_reals,
-        {b.id for lv in live.vips for b in lv.backends} | set(live.orphan_backend_ids),
+        lambda: chain((b.id for lv in live.vips for b in lv.backends), live.orphan_backend_ids),
         f"not enough backend ids: tunables.max_reals = {max_reals} allows ids "
         f"1..{max_reals - 1}, and new backends are added before old ones are deleted",
     )
@@ -240,7 +285,7 @@ def _add_vip(vip: Vip, m: int, vip_ids: _Ids, backend_ids: _Ids) -> Tuple[List[O
         ops.append(PutBackend(key, vid, bid, r.ip, r.mac, r.weight, f"vip {key}: +real {r.ip}"))
         triples.append((r.ip, r.weight, bid))
     digest = desired_digest(vip, m)
-    ops.append(SwapRing(key, vid, build_ring(triples, m), digest, m))
+    ops.append(SwapRing(key, vid, tuple(triples), m, digest, m))
     ops.append(PutVip(key, vid, digest, f"vip {key}: +vip"))
     return ops, VipSummary(key, ADDED, len(vip.reals), m, m, True)
 
@@ -249,6 +294,13 @@ def _change_vip(
     vip: Vip, lv: LiveVip, m: int, backend_ids: _Ids, count_moved: bool = True
 ) -> Tuple[List[Op], VipSummary]:
     key, vid = vip.key, lv.id
+    digest = desired_digest(vip, m)
+    if not lv.surplus and lv.ring_digest == digest and lv.state_text == vip.state_text:
+        # The common case on a reload: the live backends are the desired reals
+        # (ip, mac and weight alike) and the stored digest names their ring.
+        # This is what the general path below concludes, at the cost of a
+        # string comparison (both texts are computed once per object).
+        return [], VipSummary(key, UNCHANGED, len(vip.reals), 0, m, False)
     keep, extra = _dedupe(lv)
     ops: List[Op] = []
     triples: List[Tuple[IPAddress, int, int]] = []
@@ -262,23 +314,21 @@ def _change_vip(
             ops.extend(_update_backend(key, vid, old, r))
         triples.append((r.ip, r.weight, bid))
 
-    digest = desired_digest(vip, m)
-    live_weights = {str(b.ip): b.weight for b in keep.values()}
     # The stored digest is trusted only if it matches the live backends, as it does
     # after every complete apply; otherwise a crash left us mid-change and the ring
     # in the kernel is unknown. A surplus duplicate may also be what the ring uses.
-    trusted = lv.ring_digest == ring_digest(live_weights, m) and not extra
+    trusted = lv.ring_digest == text_digest(lv.ring_text, m) and not extra
     swap = digest != lv.ring_digest or not trusted
     moved = 0
     if swap:
-        ring = build_ring(triples, m)
         if count_moved:
+            ring = build_ring(triples, m)
             old_ring = build_ring([(b.ip, b.weight, b.id) for b in keep.values()], m)
             moved = sum(1 for a, b in zip(ring, old_ring) if a != b)
         # Mark the stored digest unknown while the ring changes, so a crash between
         # the swap and the final PutVip is never mistaken for a finished one.
         ops.append(PutVip(key, vid, UNKNOWN_DIGEST))
-        ops.append(SwapRing(key, vid, ring, digest, moved))
+        ops.append(SwapRing(key, vid, tuple(triples), m, digest, moved))
         ops.append(PutVip(key, vid, digest))
 
     # Only now is no ring slot left pointing at these.

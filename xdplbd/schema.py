@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 import sys
+from array import array
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .model import PROTOCOLS, IPAddress, Tunables, VipKey
 
@@ -153,6 +154,13 @@ def pack_backend(ip: IPAddress, mac: str, vip_id: int, weight: int) -> bytes:
 
 
 EMPTY_BACKEND = bytes(BACKEND.size)
+_BACKEND_VIP_ID = struct.Struct("<I")  # at offset 8 of BACKEND
+
+
+def backend_vip_id(raw: bytes) -> int:
+    """The vip_id field of a packed backend record."""
+    vip_id: int = _BACKEND_VIP_ID.unpack_from(raw, 8)[0]
+    return vip_id
 
 
 def unpack_backend(raw: bytes) -> Optional[BackendRec]:
@@ -188,11 +196,13 @@ def unpack_flow_key(raw: bytes) -> Optional[Flow]:
     )
 
 
-def pack_ring(ring: Tuple[int, ...], ring_size: int) -> bytes:
-    """Pack backend ids four to a value; the tail of the last value is 0."""
-    n = ring_values(ring_size)
-    ids = list(ring) + [0] * (n * RING_LANES - len(ring))
-    return struct.pack(f"<{len(ids)}H", *ids)
+def pack_ring(ring: Sequence[int], ring_size: int) -> bytes:
+    """Pack backend ids four to a value (little-endian u16); the tail of the last is 0."""
+    ids = array("H", ring)
+    ids.frombytes(bytes(2 * (ring_values(ring_size) * RING_LANES - len(ids))))
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return ids.tobytes()
 
 
 def unpack_ring(values: List[bytes], ring_size: int) -> Tuple[int, ...]:

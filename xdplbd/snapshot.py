@@ -17,8 +17,6 @@ counted: the data plane re-hashes them on their next packet.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import time
 from array import array
@@ -110,52 +108,9 @@ def open_pinned(pin_dir: str, state: Dict[str, Any]) -> DataPlane:
 # --- conntrack scan ------------------------------------------------------------
 
 
-class _BatchOpts(ctypes.Structure):
-    _fields_ = [
-        ("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64),
-    ]
-
-
 def hash_batches(m: bpfsys.Map, chunk: int = SCAN_CHUNK) -> Iterator[Tuple[bytes, bytes, int]]:
-    """(keys, values, n) chunks of a (non per-CPU) hash map, by BPF_MAP_LOOKUP_BATCH.
-
-    About 1000 times fewer syscalls than get_next_key + lookup. Entries added or
-    removed during the scan may be missed or seen twice, as with any walk of a
-    live hash table. Falls back to one-by-one reads if batching is unsupported.
-    """
-    ks, vs = m.info.key_size, m.read_size
-    keys = ctypes.create_string_buffer(ks * chunk)
-    values = ctypes.create_string_buffer(vs * chunk)
-    in_batch = ctypes.create_string_buffer(8)
-    out_batch = ctypes.create_string_buffer(8)
-    opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
-    first = True
-    lib = bpfsys.lib()
-    while True:
-        count = ctypes.c_uint32(chunk)
-        ret = lib.bpf_map_lookup_batch(
-            m.fd, None if first else in_batch, out_batch, keys, values, ctypes.byref(count),
-            ctypes.byref(opts),
-        )
-        err = 0 if ret >= 0 else (-ret if ret != -1 else ctypes.get_errno())
-        if err not in (0, errno.ENOENT):
-            if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                items = m.items()
-                yield b"".join(k for k, _ in items), b"".join(v for _, v in items), len(items)
-                return
-            if err == errno.ENOSPC:  # one hash bucket holds more than `chunk` entries
-                chunk *= 4
-                keys = ctypes.create_string_buffer(ks * chunk)
-                values = ctypes.create_string_buffer(vs * chunk)
-                continue
-            raise bpfsys.BpfError(err, f"batch lookup in map {m.name}: {errno.errorcode[err]}")
-        n = count.value
-        if n:
-            yield keys.raw[: n * ks], values.raw[: n * vs], n
-        if err == errno.ENOENT:
-            return
-        first = False
-        ctypes.memmove(in_batch, out_batch, 8)
+    """(keys, values, n) chunks of a (non per-CPU) hash map (bpfsys.Map.batches)."""
+    return m.batches(chunk)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import bpfsys, daemonize, loader
+from .config import ConfigError, config_digest, parse_config
 from .dataplane import DataPlane
 from .snapshot import open_pinned
 from .state import read_state
@@ -79,13 +80,43 @@ def _vips_from_maps(dp: DataPlane) -> List[Dict[str, Any]]:
 
 
 def _vips_from_state(state: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The VIPs last applied, as state.toml recorded them. Above a size
+    (daemon.STATE_REALS_MAX reals in all) it records no reals: they are read
+    from the config file then, if it is still the one applied (same digest),
+    without backend ids (null)."""
+    listed = state.get("vips", [])
+    from_config = None
+    if any("reals" not in v for v in listed):
+        from_config = _reals_from_config(state)
     out = []
-    for v in state.get("vips", []):
-        reals = [{k: r.get(k) for k in ("ip", "mac", "weight", "state", "backend_id")}
-                 for r in v.get("reals", [])]
+    for v in listed:
+        if "reals" in v or from_config is None:
+            reals = [{k: r.get(k) for k in ("ip", "mac", "weight", "state", "backend_id")}
+                     for r in v.get("reals", [])]
+        else:
+            reals = from_config.get((v.get("vip"), v.get("port"), v.get("protocol")), [])
         out.append({"vip": v.get("vip"), "port": v.get("port"), "protocol": v.get("protocol"),
                     "vip_id": v.get("vip_id"), "reals": reals})
     return out
+
+
+def _reals_from_config(state: Dict[str, Any]) -> Optional[Dict[Tuple[Any, ...], List[Any]]]:
+    path = state.get("config")
+    try:
+        with open(str(path), "rb") as f:
+            raw = f.read()
+        if config_digest(raw) != state.get("config_digest"):
+            return None  # edited since: not what was applied
+        cfg = parse_config(raw.decode("utf-8-sig"), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None
+    return {
+        (str(v.key.addr), v.key.port, v.key.proto): [
+            {"ip": str(r.ip), "mac": r.mac, "weight": r.weight,
+             "state": "active" if r.weight else "draining", "backend_id": None}
+            for r in v.reals]
+        for v in cfg.vips
+    }
 
 
 def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) -> Dict[str, Any]:

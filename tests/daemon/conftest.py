@@ -101,6 +101,14 @@ class Daemon:
                 os.unlink(self.notify_path)
             self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.notify.bind(self.notify_path)
+        # Drop what an earlier process sent and nobody read (a READY=1 from its
+        # reloads would otherwise pass for this one's).
+        self.notify.setblocking(False)
+        try:
+            while True:
+                self.notify.recv(4096)
+        except BlockingIOError:
+            pass
         self.messages = []
         full_env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **(env or {})}
         full_env.pop("JOURNAL_STREAM", None)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import os
 import time
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import pytest
@@ -15,12 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from xdplbd import bpfsys, daemonize, schema
+from xdplbd.config import config_digest
 from xdplbd.dashboard import Meta, human, render
 from xdplbd.explain import CtEntry, explain, infer_ring_size
 from xdplbd.metrics import families, parse_listen
 from xdplbd.model import VipKey
 from xdplbd.snapshot import RealSnap, Snapshot, VipSnap, count_flows, hash_batches, stats_json
-from xdplbd.status import render_text
+from xdplbd.state import write_state
+from xdplbd.status import render_text, status_data
 
 K = VipKey(ipaddress.ip_address("10.0.0.100"), 80, "tcp")
 K6 = VipKey(ipaddress.ip_address("fd00::100"), 443, "tcp")
@@ -217,6 +221,32 @@ def test_status_text() -> None:
     assert "generation 3, digest 0123456789ab" in out
     assert "(SIGHUP): rejected [2 reloads]" in out and "vips[0].port: bad" in out
     assert "[fd00::1]:80/tcp" in out and "draining" in out
+
+
+def test_status_without_pins_falls_back_to_state_then_config(tmp_path: Path) -> None:
+    """state.toml lists reals only for small configs; status (no maps pinned) then
+    reads them from the config file, while it is still the one applied."""
+    conf = tmp_path / "lb_conf.json"
+    conf.write_text(json.dumps({"vips": [{"vip": "10.0.0.100", "port": 80, "protocol": "tcp",
+                                          "reals": [{"ip": "10.0.0.11", "mac": "02:00:00:00:00:11",
+                                                     "weight": 0}]}]}))
+    summary = {"vip": "10.0.0.100", "port": 80, "protocol": "tcp", "vip_id": 4,
+               "ring_digest": "00000000000000ff", "active": 0, "draining": 1}
+    state = {"config": str(conf), "config_digest": config_digest(conf.read_bytes()),
+             "vips": [summary]}
+    write_state(str(tmp_path), state)
+    no_pins = str(tmp_path / "no-pins")
+    want = [{"vip": "10.0.0.100", "port": 80, "protocol": "tcp", "vip_id": 4, "reals": [
+        {"ip": "10.0.0.11", "mac": "02:00:00:00:00:11", "weight": 0, "state": "draining",
+         "backend_id": None}]}]
+    assert status_data(no_pins, str(tmp_path))["vips"] == want
+    listed = {"ip": "10.0.0.11", "mac": "02:00:00:00:00:11", "weight": 0, "state": "draining",
+              "backend_id": 9}
+    write_state(str(tmp_path), {**state, "vips": [{**summary, "reals": [listed]}]})
+    assert status_data(no_pins, str(tmp_path))["vips"][0]["reals"] == [listed]
+    conf.write_text(conf.read_text() + " ")  # edited since: no longer what was applied
+    write_state(str(tmp_path), state)
+    assert status_data(no_pins, str(tmp_path))["vips"][0]["reals"] == []
 
 
 # --- daemonize helpers ------------------------------------------------------------------

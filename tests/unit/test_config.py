@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
+from xdplbd import config
 from xdplbd.config import ConfigError, config_digest, load_config, parse_config, strip_comments
 from xdplbd.model import Tunables, VipKey
 
@@ -435,3 +436,157 @@ def test_config_digest() -> None:
     assert config_digest(b"") == (
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
+
+
+# -- the per-VIP memo: a reload looks unchanged VIPs up instead of validating them ----------
+
+
+def _cold(text: str) -> List[str]:
+    """Errors (or [] if accepted) of a parse with an empty memo."""
+    config.clear_memo()
+    return _outcome(text)
+
+
+def _outcome(text: str) -> List[str]:
+    try:
+        parse_config(text, SRC)
+    except ConfigError as e:
+        return str(e).splitlines()
+    return []
+
+
+def test_memo_gives_the_same_config_and_reuses_unchanged_vips() -> None:
+    text = json.dumps(base())
+    config.clear_memo()
+    cold = parse_config(text, SRC)
+    warm = parse_config(text, SRC)
+    assert warm == cold
+    assert all(a is b for a, b in zip(warm.vips, cold.vips))
+    # Another layout of the same values: other texts, so validated again; equal.
+    assert parse_config(json.dumps(base(), indent=2), SRC) == cold
+
+
+def _result(text: str) -> Any:
+    """The Config, or the error lines."""
+    try:
+        return parse_config(text, SRC)
+    except ConfigError as e:
+        return str(e).splitlines()
+
+
+def _full_way(text: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as m:
+        m.setattr(config, "_parse_memoised", lambda text: None)
+        return _result(text)
+
+
+_BASE = json.dumps(base())
+_VIPS = json.dumps(base()["vips"])
+
+
+@pytest.mark.parametrize("text", [
+    _BASE,
+    json.dumps(base(), indent=4),
+    "\n\t " + _BASE + " \r\n",
+    _BASE + " x",  # trailing garbage
+    _BASE + "{}",
+    _BASE[:-1],  # unterminated
+    '{"vips": []}',
+    '{"vips": [ ]}',
+    '{"vips": [], "vips": []}',
+    '{"v\\u0069ps": ' + _VIPS + "}",  # an escaped key
+    '{"vips": ' + _VIPS + ', "tunables": {"ring_size": 101, "ring_size": 103}}',
+    '{"vips": ' + _VIPS + ', "tunables": {"ring_size": NaN}}',
+    '{"vips": ' + _VIPS[:-1] + ",]}",  # trailing comma
+    '{"vips": ' + _VIPS[:-1] + " 1]}",
+    '{"vips": {}}',
+    '{"vips": "all"}',
+    '{"vips": [1, [], null, "x"]}',
+    "[" + _VIPS + "]",
+    '{"vips": ' + _VIPS + ",}",
+    '{"vips": ' + _VIPS + ' "x": 1}',
+    '{vips: []}',
+    "{}",
+    "",
+    '{"vips": ' + _VIPS + ", // a comment\n \"xdp_mode\": \"native\" /* more */}",
+    '{"vips": ' + _VIPS + ', "xdp_mode": "native" /* unterminated}',
+    '{"interface": "eth0/1", "vips": ' + _VIPS + "}",
+])
+def test_fast_path_and_full_way_agree(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config.clear_memo()
+    cold = _result(text)
+    assert _result(text) == cold  # warm
+    assert _full_way(text, monkeypatch) == cold
+
+
+@pytest.mark.parametrize("change", [
+    _set(["vips", 0, "reals", 1, "weight"], 3),
+    _set(["vips", 0, "reals", 1, "weight"], 0),
+    _set(["vips", 0, "reals", 0, "mac"], "00:0c:29:36:09:79"),
+    _set(["vips", 0, "reals", 0, "ip"], "10.0.0.21"),
+    _set(["vips", 0, "port"], 81),
+    _set(["vips", 0, "protocol"], "udp"),
+    _set(["vips", 0, "vip"], "10.0.0.102"),
+    lambda doc: doc["vips"][0]["reals"].pop(),
+    lambda doc: doc["vips"][0]["reals"].append({"ip": "10.0.0.14", "mac": "00:0c:29:00:00:14"}),
+    lambda doc: doc["vips"].reverse(),
+])
+def test_memo_never_serves_a_changed_vip(change: Callable[[Dict[str, Any]], None]) -> None:
+    config.clear_memo()
+    parse_config(json.dumps(base()), SRC)  # every VIP of base() is now remembered
+    text = json.dumps(mutated(change))
+    warm = parse_config(text, SRC)
+    config.clear_memo()
+    assert warm == parse_config(text, SRC)
+
+
+def _dup_vip(doc: Dict[str, Any]) -> None:
+    doc["vips"].append(copy.deepcopy(doc["vips"][0]))
+
+
+def _other_mac(doc: Dict[str, Any]) -> None:
+    doc["vips"][1]["reals"].append({"ip": "10.0.0.11", "mac": "00:0c:29:00:00:01"})
+
+
+def _bad_real(doc: Dict[str, Any]) -> None:
+    doc["vips"][1]["reals"][0]["mac"] = "ff:ff:ff:ff:ff:ff"
+
+
+@pytest.mark.parametrize("change", [
+    _dup_vip, _other_mac, _bad_real,
+    _set(["tunables"], {"max_vips": 1}),
+    _set(["tunables"], {"max_reals": 3}),
+    _set(["tunables"], {"ring_size": 197}),
+    _set(["tunables"], {"ring_size": 198}),
+    _set(["vips", 1, "reals"], "none"),
+    _set(["vips", 1], 7),
+])
+def test_memo_keeps_every_check_and_the_same_errors(
+    change: Callable[[Dict[str, Any]], None],
+) -> None:
+    text = json.dumps(mutated(change))
+    cold = _cold(text)
+    assert cold  # each of these is an invalid config
+    parse_config(json.dumps(base()), SRC)  # remember the valid VIPs
+    assert _outcome(text) == cold
+
+
+def test_memo_does_not_hide_a_repeated_key() -> None:
+    parse_config(json.dumps(base()), SRC)
+    # The same values as a remembered VIP, but "port" is given twice.
+    text = json.dumps(base()).replace('"port": 80,', '"port": 80, "port": 80,')
+    assert _outcome(text) == [f'{SRC}: vips[0].port: key "port" is given more than once']
+
+
+def test_memo_stays_bounded() -> None:
+    config.clear_memo()
+    doc = base()
+    for port in range(1, 300):
+        doc["vips"][0]["port"] = port
+        parse_config(json.dumps(doc), SRC)
+    assert len(config._memo) <= 2 * len(doc["vips"]) + config.MEMO_SLACK + 1
+
+
+def test_text_without_comments_is_left_as_is() -> None:
+    text = json.dumps(base())
+    assert strip_comments(text) is text

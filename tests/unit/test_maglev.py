@@ -10,6 +10,7 @@ from typing import Dict, List, Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xdplbd import maglev
 from xdplbd.maglev import populate, ring_digest
 
 M = 65537
@@ -158,3 +159,63 @@ def test_property_every_slot_filled_by_live_reals(m: int, weights: Dict[str, int
         if m >= 100 * len(names):
             assert {names[i] for i in ring} == {n for n, w in weights.items() if w > 0}
     assert ring == reference(weights, m)
+
+
+# -- the shortcut for the last turns, and the ring cache -----------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    m=st.sampled_from([2, 3, 101, 251, 257, 1009]),
+    weights=st.dictionaries(st.sampled_from(IPS), st.integers(0, 7), min_size=1, max_size=10),
+    divisor=st.sampled_from([1, 2, 16, 10**9]),
+)
+def test_property_tail_shortcut_changes_nothing(
+    m: int, weights: Dict[str, int], divisor: int
+) -> None:
+    # divisor 1: the shortcut fills up to 1/n of the table; 10**9: it never runs.
+    old = maglev.TAIL_DIVISOR
+    maglev.TAIL_DIVISOR = divisor
+    try:
+        assert populate(weights, m) == reference(weights, m)
+    finally:
+        maglev.TAIL_DIVISOR = old
+
+
+def test_tail_shortcut_at_full_size_with_many_reals() -> None:
+    w = {f"10.1.{i // 200}.{i % 200}": i % 5 for i in range(120)}
+    assert populate(w, 16381) == reference(w, 16381)
+
+
+def test_populate_cached_equals_populate_and_is_bounded() -> None:
+    maglev.clear_cache()
+    for k in range(maglev.RING_CACHE_SIZE + 3):
+        w = {n: 1 for n in REALS}
+        w[REALS[0]] = k + 1
+        got = maglev.populate_cached(w, 251)
+        assert list(got) == populate(w, 251)
+        assert maglev.populate_cached(dict(reversed(list(w.items()))), 251) is got  # a hit
+    assert len(maglev._rings) == maglev.RING_CACHE_SIZE
+
+
+def test_populate_cached_never_serves_another_input() -> None:
+    maglev.clear_cache()
+    w = {n: 1 for n in REALS}
+    first = list(maglev.populate_cached(w, 251))
+    for changed in (
+        {**w, REALS[0]: 2},  # a weight
+        {n: 1 for n in REALS[1:]},  # a real fewer
+        {**w, "10.0.0.99": 1},  # a real more
+        {**w, REALS[3]: 0},  # drained
+    ):
+        assert list(maglev.populate_cached(changed, 251)) == populate(changed, 251)
+    assert list(maglev.populate_cached(w, 257)) == populate(w, 257)  # another m
+    assert list(maglev.populate_cached(w, 251)) == first
+    assert list(maglev.populate_cached({n: 0 for n in REALS}, 251)) == [-1] * 251
+
+
+def test_ring_text_digest_matches_ring_digest() -> None:
+    w = {"10.0.0.2": 3, "10.0.0.10": 1, "2001:db8::1": 0}
+    text = maglev.ring_text(w.items())
+    assert maglev.text_digest(text, M) == ring_digest(w, M)
+    assert text == maglev.ring_text(reversed(list(w.items())))

@@ -7,9 +7,10 @@ names an existing backend of that VIP.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +37,7 @@ from xdplbd.plan import (
     PutBackend,
     PutVip,
     SwapRing,
+    _Ids,
     build_ring,
     desired_digest,
     make_plan,
@@ -421,6 +423,90 @@ def test_property_revert_after_crash(a: Config, b: Config, cut: int) -> None:
     converge(maps, a)
     run(maps, make_plan(maps.live(), b), upto=cut)
     converge(maps, a)
+
+
+# -- memoised work: the fast path for unchanged VIPs, lazy rings and ids -----------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(a=configs(), b=configs(), cut=st.integers(0, 40))
+def test_property_fast_path_gives_the_same_plan(a: Config, b: Config, cut: int) -> None:
+    maps = Maps()
+    converge(maps, a)
+    run(maps, make_plan(maps.live(), b), upto=cut)  # any live state, half-applied ones too
+    live = maps.live()
+    fast = make_plan(live, b)
+    with pytest.MonkeyPatch.context() as mp:
+        # Texts that never compare equal: every VIP takes the general path.
+        mp.setattr(Vip, "state_text", property(lambda self: None))
+        general = make_plan(live, b)
+    assert fast == general
+
+
+def test_fast_path_sees_every_kind_of_change() -> None:
+    maps = Maps()
+    converge(maps, config(V1))
+    live = maps.live()
+    assert make_plan(live, config(V1)).ops == ()
+    for changed in (
+        replace(V1, reals=(real(11), real(12, mac_n=0x40))),  # a MAC
+        replace(V1, reals=(real(11), real(12, weight=2))),  # a weight
+        replace(V1, reals=(real(11),)),  # a real fewer
+        replace(V1, reals=(real(11), real(12), real(13))),  # a real more
+    ):
+        assert make_plan(live, config(changed)).ops != ()
+    # The stored digest unknown (a crash mid-swap): the ring is rebuilt.
+    lv = live.vips[0]
+    crashed = LiveState(vips=(replace(lv, ring_digest=0),))
+    assert [type(op).__name__ for op in make_plan(crashed, config(V1)).ops] == [
+        "PutVip", "SwapRing", "PutVip"]
+
+
+def test_derived_texts_follow_the_values() -> None:
+    v = Vip(key(), (real(12, 2), real(11)))
+    assert v.state_text == "10.0.0.11 02:00:00:00:00:0b 1\n10.0.0.12 02:00:00:00:00:0c 2\n"
+    assert v.ring_text == "10.0.0.11 1\n10.0.0.12 2\n"
+    w = replace(v, reals=(real(12, 3), real(11)))  # a new object: its own texts
+    assert w.ring_text == "10.0.0.11 1\n10.0.0.12 3\n" and v.ring_text.endswith("2\n")
+    assert desired_digest(v, M) != desired_digest(w, M)
+    assert desired_digest(v, M) == desired_digest(Vip(key(), (real(11), real(12, 2))), M)
+    assert desired_digest(v, 103) != desired_digest(v, M)  # memoised per ring size
+    lv = LiveVip(key(), 0, 0, (LiveBackend(3, ip("10.0.0.11"), mac(11), 1),
+                               LiveBackend(1, ip("10.0.0.11"), mac(11), 5),
+                               LiveBackend(2, ip("10.0.0.12"), mac(12), 2)))
+    assert [b.id for b in lv.kept.values()] == [1, 2]
+    assert [b.id for b in lv.surplus] == [3]
+    assert lv.ring_text == "10.0.0.11 5\n10.0.0.12 2\n" and lv.top_backend_id == 3
+
+
+def test_swap_ring_builds_its_ring_on_demand() -> None:
+    plan = make_plan(LiveState(), config(V1))
+    swap = next(op for op in plan.ops if isinstance(op, SwapRing))
+    assert "ring" not in {f.name for f in dataclasses.fields(SwapRing)}
+    assert swap.ring == build_ring(list(swap.members), M) and len(swap.ring) == M
+    assert set(swap.ring) == {1, 2}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    used=st.sets(st.integers(1, 20)),
+    steps=st.lists(st.one_of(st.just(0), st.integers(1, 20)), max_size=30),
+)
+def test_property_lazy_ids_match_a_plain_allocator(used: Set[int], steps: List[int]) -> None:
+    ids = _Ids(1, 21, lambda: iter(used), "out")
+    plain = set(used)
+    for step in steps:  # 0: take one; n: free n
+        if step:
+            ids.free(step)
+            plain.discard(step)
+            continue
+        free = [i for i in range(1, 21) if i not in plain]
+        if not free:
+            with pytest.raises(PlanError):
+                ids.take()
+            continue
+        assert ids.take() == free[0]
+        plain.add(free[0])
 
 
 # -- rendering ----------------------------------------------------------------------------

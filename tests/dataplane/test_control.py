@@ -1,0 +1,83 @@
+"""The control plane's shell against real maps: read_live's reuse of decoded
+records, and new rings installed ahead in batches."""
+
+from __future__ import annotations
+
+from typing import List
+
+from tests.dataplane.conftest import PIN_DIR
+from tests.dataplane.harness import TEST_TUNABLES, DataPlaneHarness, real, vip
+from xdplbd import schema
+from xdplbd.dataplane import DataPlane
+from xdplbd.model import Config, Vip
+from xdplbd.plan import SwapRing, make_plan
+
+
+def _vips(*addrs: str) -> List[Vip]:
+    return [vip(a, 80, "tcp", [real(f"10.9.{i}.{j}", f"02:00:00:09:{i:02x}:{j:02x}")
+                               for j in range(1, 4)])
+            for i, a in enumerate(addrs)]
+
+
+def _fresh_read() -> object:
+    with DataPlane(PIN_DIR, TEST_TUNABLES) as other:  # nothing cached
+        return other.read_live()
+
+
+def _assert_consistent(dp: DataPlane) -> None:
+    """Every VIP has a ring, and every ring slot names a backend of that VIP."""
+    backends = dp.backend_entries()
+    for v in dp.read_live().vips:
+        ring = dp.ring(v.id)
+        assert ring is not None, f"{v.key} has no ring"
+        for bid in set(ring) - {0}:
+            assert bid in backends and backends[bid].vip_id == v.id, (v.key, bid)
+
+
+def test_read_live_reuses_what_did_not_change_and_sees_what_did(dpx: DataPlaneHarness) -> None:
+    dpx.configure(_vips("10.9.0.100", "10.9.0.101", "10.9.0.102"))
+    first = dpx.read_live()
+    again = dpx.read_live()
+    assert again == first == _fresh_read()
+    assert all(a is b for a, b in zip(again.vips, first.vips))  # decoded once
+
+    # Behind the cache's back: a weight, a VIP's digest, a VIP entry gone.
+    b = first.vips[0].backends[1]
+    dpx.maps["backends"].update(
+        schema.U32.pack(b.id), schema.pack_backend(b.ip, b.mac, first.vips[0].id, 7))
+    v1 = first.vips[1]
+    dpx.maps["vips"].update(schema.pack_vip_key(v1.key), schema.VIP_INFO.pack(v1.id, 0, 42))
+    dpx.maps["vips"].delete(schema.pack_vip_key(first.vips[2].key))
+    after = dpx.read_live()
+    assert after == _fresh_read()
+    assert after.vips[0].backends[1].weight == 7 and after.vips[1].ring_digest == 42
+    assert [v.key for v in after.vips] == [first.vips[0].key, v1.key]
+    assert after.orphan_vip_ids == {first.vips[2].id}  # its ring, now unreferenced
+    assert after.vips[0].backends[0] is first.vips[0].backends[0]  # untouched: reused
+
+
+def test_new_rings_go_in_ahead_in_one_batch_and_nothing_is_inconsistent(
+    dpx: DataPlaneHarness,
+) -> None:
+    old = _vips("10.9.0.100")
+    dpx.configure(old)
+    # The old VIP goes; three come, one of them taking the old VIP's id 0.
+    new = _vips("10.9.0.110", "10.9.0.111", "10.9.0.112")
+    plan = make_plan(dpx.read_live(), Config(vips=tuple(new), tunables=TEST_TUNABLES))
+    swaps = [op for op in plan.ops if isinstance(op, SwapRing)]
+    assert sorted(op.vip_id for op in swaps) == [0, 1, 2]
+
+    batches: List[List[int]] = []
+    put_rings = dpx._put_rings
+
+    def spy(keys: bytes, fds: List[int]) -> None:
+        batches.append([schema.U32.unpack_from(keys, 4 * i)[0] for i in range(len(fds))])
+        put_rings(keys, fds)
+
+    dpx._put_rings = spy  # type: ignore[method-assign]
+    dpx.apply(plan.ops, lambda op: _assert_consistent(dpx))
+    # Id 0 was still the old VIP's: its ring waits for its turn.
+    assert batches == [[1, 2]]
+    for op in swaps:
+        assert dpx.ring(op.vip_id) == op.ring
+    assert make_plan(dpx.read_live(), Config(vips=tuple(new), tunables=TEST_TUNABLES)).empty
