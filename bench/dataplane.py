@@ -112,6 +112,7 @@ class Result:
     ns: float
     ratio: float
     over: float  # ns above the trivial program
+    one_run_ratio: float = 0.0  # the ratio measured one run per packet (repeat=1)
 
 
 def _frames() -> Dict[str, bytes]:
@@ -150,6 +151,22 @@ def _compile_new_flow(prog_fd: int, trivial_fd: int) -> Tuple[object, int, int]:
 
 def _ns(fd: int, frame: bytes, repeat: int = REPEAT) -> float:
     return float(bpfsys.test_run(fd, frame, repeat=repeat).duration_ns)
+
+
+ONE_RUN_SAMPLES = 3000
+
+
+def _one_run_ratio(fd: int, trivial: int, frame: bytes) -> float:
+    """Median kernel-reported ns at repeat=1, ours over trivial, interleaved.
+
+    This is how the Katran figure in the README was taken (it is not repeat-safe):
+    each run then also carries the test loop's fixed cost, which shrinks ratios.
+    """
+    ours, base = [], []
+    for _ in range(ONE_RUN_SAMPLES):
+        ours.append(bpfsys.test_run(fd, frame).duration_ns)
+        base.append(bpfsys.test_run(trivial, frame).duration_ns)
+    return statistics.median(ours) / max(1.0, statistics.median(base))
 
 
 def _new_flow_ns(fd: int, frame: bytes) -> float:
@@ -235,7 +252,8 @@ def run() -> Dict[str, object]:
             for name, frame in frames.items():
                 ours, base = _median_interleaved([lambda f=frame: _ns(prog.fd, f),
                                                   lambda f=frame: _ns(trivial, f)])
-                results.append(Result(name, ours, ours / base, ours - base))
+                one = _one_run_ratio(prog.fd, trivial, frame)
+                results.append(Result(name, ours, ours / base, ours - base, one))
             base_ns = _median_interleaved([lambda: _ns(trivial, frames["ARP"])])[0]
 
             live = frames["established ACK"]
@@ -283,13 +301,15 @@ def report(r: Dict[str, object]) -> str:
         "",
         f"Baseline: trivial MAC-swap XDP_TX program, {r['trivial_ns']:.1f} ns/packet.",
         "",
-        "| path | ns/packet | ns over trivial | x trivial | target |",
-        "|---|---:|---:|---:|---:|",
+        "| path | ns/packet | ns over trivial | x trivial | target | x trivial, one run "
+        "per packet |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for p in r["paths"]:  # type: ignore[attr-defined]
         target = TARGETS.get(p.name)
+        one = f"{p.one_run_ratio:.2f}" if p.one_run_ratio else "-"
         lines.append(f"| {p.name} | {p.ns:.1f} | {p.over:.1f} | {p.ratio:.2f} | "
-                     + (f"<= {target:.1f}" if target else "-") + " |")
+                     + (f"<= {target:.1f}" if target else "-") + f" | {one} |")
     lines += [
         "",
         "\"SYN to VIP\" repeats one SYN, whose conntrack entry exists from the second "
