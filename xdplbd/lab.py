@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import ipaddress
 import json
@@ -48,15 +47,20 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
 from . import xdp_stub
+from .daemonize import alive as _alive
+from .netns import NETNS_RUN_DIR
+from .netns import in_netns as in_netns
+from .netns import netns_path as netns_path
+from .netns import nsenter_cmd as nsenter_cmd
 
-NETNS_DIR = "/run/netns"
+NETNS_DIR = NETNS_RUN_DIR  # the name the tests and demo use
+
 STATE_ROOT = "/run/xdplb-lab"
 BRIDGE = "br0"
 IFNAME = "eth0"  # the namespace end of every veth
-CLONE_NEWNET = 0x40000000
 _SIOCGIFHWADDR = 0x8927
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,56 +157,7 @@ class RealInfo:
 
 # --------------------------------------------------------------------------- namespaces
 
-# Why setns()/nsenter and not `ip netns exec`: `ip netns exec` also unshares the mount
-# namespace and remounts /sys for the target netns, which hides bpffs (/sys/fs/bpf), so
-# nothing run that way can see or create pins. `nsenter --net=` and setns(CLONE_NEWNET)
-# switch only the network namespace. Note that /sys/class/net then still shows the
-# host's interfaces: read MACs and ifindexes over netlink or ioctl, never from /sys.
-
-_libc: ctypes.CDLL | None = None
-
-
-def _setns(fd: int) -> None:
-    if sys.version_info >= (3, 12):
-        os.setns(fd, CLONE_NEWNET)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def netns_path(ns: str) -> str:
-    return os.path.join(NETNS_DIR, ns)
-
-
-def nsenter_cmd(ns: str, argv: Sequence[str]) -> List[str]:
-    """argv run in netns *ns* only (no /sys remount, so bpffs stays visible)."""
-    return ["nsenter", f"--net={netns_path(ns)}", *argv]
-
-
-@contextlib.contextmanager
-def in_netns(ns: str) -> Iterator[None]:
-    """Run the body with the calling *thread* in netns *ns*; restore its netns after.
-
-    setns() acts on the calling thread only, so other threads are unaffected. Sockets
-    (including libbpf's netlink socket) created inside the body belong to *ns* for life.
-    """
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(netns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(orig)
-    finally:
-        os.close(orig)
+# setns()/nsenter, never `ip netns exec` for anything that needs bpffs: see netns.py.
 
 
 def link_info(ns: str, ifname: str) -> Tuple[int, str]:
@@ -299,15 +254,6 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _children(pids: Set[int]) -> Set[int]:

@@ -5,7 +5,7 @@ has an XDP program attached, and an XDP_PASS one will do (DESIGN.md section 3).
 No BCC, no compiler: two raw instructions through ``libbpf.so.1`` via ctypes.
 
 Attachment is over netlink, so it happens in the network namespace of the
-*calling thread* (see ``xdplbd.lab.in_netns``). A netlink-attached program stays
+*calling thread* (see ``xdplbd.netns.in_netns``). A netlink-attached program stays
 attached after its fd is closed and after the process exits.
 """
 
