@@ -18,7 +18,7 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # --- distro packages ------------------------------------------------------
 DEB_PKGS=(python3 python3-venv python3-bpfcc libbpf1 iproute2 ethtool
   nginx-light wrk socat curl tcpdump tmux debootstrap systemd-container
-  groff-base man-db bpftool kmod)
+  groff-base man-db bpftool kmod zstd make)
 RPM_PKGS=(python3 python3-bcc libbpf iproute ethtool nginx socat curl
   tcpdump tmux systemd-container groff-base man-db bpftool kernel-devel)
 
