@@ -286,9 +286,7 @@ def run() -> Dict[str, object]:
         subprocess.run(["ip", "netns", "del", netns], check=False)
         os.close(trivial)
         os.close(prog.fd)
-        for name in os.listdir(pin_dir):
-            os.unlink(os.path.join(pin_dir, name))
-        os.rmdir(pin_dir)
+        loader.remove_pins(pin_dir)
 
 
 NEW_FLOW_ROW = "SYN, new flow (conntrack full)"

@@ -25,6 +25,7 @@ from .model import LiveState, VipKey
 from .plan import PlanError, make_plan, render_plan
 from .snapshot import open_pinned, stats_json, take
 from .state import read_state
+from .status import pinned_prog_ids
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_RUNNING = 3  # `status`, as LSB init scripts do
@@ -135,13 +136,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
         _err(f"xdplbd (pid {pid}) is running; stop it first")
         return EXIT_FAIL
     ifname = args.interface or state.get("interface")
-    ours = set()
-    for name in loader.pinned_programs(args.pin_dir):
-        fd = bpfsys.obj_get(os.path.join(args.pin_dir, name))
-        try:
-            ours.add(bpfsys.prog_info(fd).id)
-        finally:
-            os.close(fd)
+    ours = pinned_prog_ids(args.pin_dir)
     if ifname:
         from .iface import InterfaceError, ifindex
 
@@ -153,10 +148,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
                 print(f"detached XDP program {q.prog_id} from {ifname}")
         except InterfaceError as e:
             _err(f"{e}; removing the pins only")
-    if os.path.isdir(args.pin_dir):
-        for name in os.listdir(args.pin_dir):
-            os.unlink(os.path.join(args.pin_dir, name))
-        os.rmdir(args.pin_dir)
+    if loader.remove_pins(args.pin_dir):
         print(f"removed pins under {args.pin_dir}")
     return EXIT_OK
 

@@ -100,16 +100,26 @@ def config_digest(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def load_config(path: str) -> Config:
-    """Read and parse a config file; unreadable files raise ConfigError too."""
+def read_config_file(path: str) -> Tuple[Config, str]:
+    """Read and parse a config file; returns the Config and the digest of its bytes.
+
+    Unreadable or non-UTF-8 files raise ConfigError too.
+    """
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(path, [FieldError("", f"not UTF-8 text: {e.reason}")]) from e
-    return parse_config(text, path)
+    return parse_config(text, path), config_digest(raw)
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a config file; unreadable files raise ConfigError too."""
+    return read_config_file(path)[0]
 
 
 def strip_comments(text: str) -> str:

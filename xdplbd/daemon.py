@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, attach, iface, loader, logsetup
-from .config import ConfigError, config_digest, parse_config
+from .config import ConfigError, FieldError, read_config_file
 from .dataplane import DataPlane
 from .metrics import start_exporter
 from .model import Config, LiveState
@@ -108,35 +108,21 @@ def now_iso() -> str:
 
 def check_config_file(path: str) -> None:
     """Refuse a config that someone other than root (or us) could have written."""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
     if st.st_mode & 0o002:
-        raise ConfigError(path, _field("", "is world-writable; run: chmod o-w " + path))
+        raise ConfigError(path, [FieldError("", "is world-writable; run: chmod o-w " + path)])
     if st.st_uid not in (0, os.geteuid()):
-        raise ConfigError(path, _field("", f"is owned by uid {st.st_uid}, not root; "
-                                       f"run: chown root {path}"))
-
-
-def _field(path: str, reason: str) -> List[Any]:
-    from .config import FieldError
-
-    return [FieldError(path, reason)]
+        raise ConfigError(path, [FieldError("", f"is owned by uid {st.st_uid}, not root; "
+                                            f"run: chown root {path}")])
 
 
 def read_config(path: str) -> Tuple[Config, str]:
-    """Parse the file; returns the config and the digest of its raw bytes."""
-    try:
-        check_config_file(path)
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise ConfigError(path, _field("", "does not exist")) from e
-    except OSError as e:
-        raise ConfigError(path, _field("", f"cannot read: {e.strerror}")) from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, _field("", f"not UTF-8 text: {e.reason}")) from e
-    return parse_config(text, path), config_digest(raw)
+    """Check the file's owner and mode, then parse it; returns the config and its digest."""
+    check_config_file(path)
+    return read_config_file(path)
 
 
 def status_line(live: LiveState) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .lab import IFNAME, NETNS_DIR, Lab, LabSpec, nsenter_cmd
+from .loader import remove_pins
 from .state import read_state
 
 DEMO_PREFIX = "xldemo"
@@ -56,22 +57,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def remove_pins(pin_dir: str) -> bool:
-    """Remove a bpffs pin directory and everything in it; True if there was one."""
-    if not os.path.isdir(pin_dir):
-        return False
-    for root, dirs, files in os.walk(pin_dir, topdown=False):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(root, name))
-        for name in dirs:
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(os.path.join(root, name))
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(pin_dir)
-    return True
 
 
 def lb_config(

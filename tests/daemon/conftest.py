@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from xdplbd import bpfsys
+from xdplbd import bpfsys, loader
 from xdplbd.dataplane import DataPlane
 from xdplbd.model import Tunables
 from xdplbd.netns import in_netns
@@ -185,10 +185,7 @@ class Daemon:
             self.proc.wait()
         if self.notify is not None:
             self.notify.close()
-        if os.path.isdir(self.pin_dir):
-            for name in os.listdir(self.pin_dir):
-                os.unlink(os.path.join(self.pin_dir, name))
-            os.rmdir(self.pin_dir)
+        loader.remove_pins(self.pin_dir)
 
 
 @pytest.fixture

@@ -22,16 +22,9 @@ PIN_DIR = f"/sys/fs/bpf/xdplb-test-{os.getpid()}"
 NETNS = f"xdplbt-{os.getpid()}"
 
 
-def _remove_pins(path: str) -> None:
-    if os.path.isdir(path):
-        for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-
-
 @pytest.fixture(scope="session")
 def program() -> Iterator[loader.Program]:
-    _remove_pins(PIN_DIR)
+    loader.remove_pins(PIN_DIR)
     prog = loader.load(PIN_DIR, TEST_TUNABLES)
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
@@ -47,7 +40,7 @@ def program() -> Iterator[loader.Program]:
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
         os.close(prog.fd)
-        _remove_pins(PIN_DIR)
+        loader.remove_pins(PIN_DIR)
 
 
 @pytest.fixture

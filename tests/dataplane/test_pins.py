@@ -25,9 +25,7 @@ def test_wrong_value_size_under_a_pinned_name_is_refused() -> None:
         assert not loader.pinned_programs(pin_dir), "nothing may be loaded after a refusal"
     finally:
         os.close(fd)
-        for name in os.listdir(pin_dir):
-            os.unlink(os.path.join(pin_dir, name))
-        os.rmdir(pin_dir)
+        loader.remove_pins(pin_dir)
 
 
 def test_changed_tunable_is_refused(program: loader.Program) -> None:
@@ -80,6 +78,4 @@ def test_a_new_vip_index_next_to_older_pins_learns_the_live_vips() -> None:
         os.close(fd)
         if prog is not None:
             os.close(prog.fd)
-        for name in os.listdir(pin_dir):
-            os.unlink(os.path.join(pin_dir, name))
-        os.rmdir(pin_dir)
+        loader.remove_pins(pin_dir)

@@ -24,8 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from xdplbd.demo import LbDaemon, Wrk, WrkResult, iface_counters, lb_config, remove_pins, wait_for
+from xdplbd.daemonize import alive as _pid_alive  # gone or a zombie: not alive
+from xdplbd.demo import LbDaemon, Wrk, WrkResult, iface_counters, lb_config, wait_for
 from xdplbd.lab import IFNAME, NETNS_DIR, STATE_ROOT, Lab, LabSpec, in_netns
+from xdplbd.loader import remove_pins
 
 BPFFS = "/sys/fs/bpf"
 NAME_RE = re.compile(r"^e2e(\d+)-([a-z0-9]+)$")
@@ -42,16 +44,6 @@ def pin_dir_for(prefix: str) -> str:
 
 
 # --------------------------------------------------------------------------- clean-up
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def e2e_prefixes() -> Set[str]:

@@ -48,6 +48,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from xdplbd.daemonize import alive as _pid_alive  # gone or a zombie: not alive
+
 T = TypeVar("T")
 
 CACHE_DIR = Path(os.environ.get("XDPLB_TEST_CACHE", "/var/cache/xdplb-test"))
@@ -100,21 +102,6 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:

@@ -22,6 +22,7 @@ import pytest
 from xdplbd import bpfsys, schema
 from xdplbd.dataplane import DataPlane
 from xdplbd.lab import Lab, LabSpec, in_netns, nsenter_cmd
+from xdplbd.loader import remove_pins
 from xdplbd.model import Tunables
 from xdplbd.state import read_state
 
@@ -42,13 +43,6 @@ def run_cli(ns: Optional[str], *args: str, timeout: float = 60.0,
     if ns:
         argv = nsenter_cmd(ns, argv)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def remove_pins(pin_dir: str) -> None:
-    if os.path.isdir(pin_dir):
-        for name in os.listdir(pin_dir):
-            os.unlink(os.path.join(pin_dir, name))
-        os.rmdir(pin_dir)
 
 
 def write_config(path: str, doc: Dict[str, Any]) -> None:

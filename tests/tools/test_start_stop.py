@@ -12,9 +12,10 @@ from typing import Iterator, List
 
 import pytest
 
-from tests.tools.conftest import Tmux, gone, proc_state, remove_pins, run_cli, tmux_available
+from tests.tools.conftest import Tmux, gone, proc_state, run_cli, tmux_available
 from xdplbd import bpfsys, daemonize, iface
 from xdplbd.dataplane import DataPlane
+from xdplbd.loader import remove_pins
 from xdplbd.model import Tunables
 from xdplbd.netns import in_netns
 from xdplbd.state import read_state
