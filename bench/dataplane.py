@@ -313,8 +313,9 @@ def report(r: Dict[str, object]) -> str:
         "\"SYN to VIP\" repeats one SYN, whose conntrack entry exists from the second "
         "repeat on (a retransmitted SYN or a reused client port: the entry is rewritten in "
         f"place). \"{NEW_FLOW_ROW}\" gives every SYN a new client address and inserts "
-        f"into a full {r['conntrack_size']:,}-entry table (each insert evicts); it is "
-        "memory-bound, so it varies with the host.",
+        f"into a {r['conntrack_size']:,}-entry table that already took as many new flows "
+        "as it has entries (most inserts replace the least recently seen entry of a full "
+        "bucket); it touches a random cache line per flow, so it varies with the host.",
     ]
     live, base = float(r["live_pps"]), float(r["live_trivial_pps"])  # type: ignore[arg-type]
     lines += [

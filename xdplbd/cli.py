@@ -269,8 +269,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, port: int,
                  proto: str, syn: bool) -> Dict[str, Any]:
+    from .conntrack import now_tick
     from .dataplane import lookup_flow
-    from .explain import CtEntry, explain, infer_ring_size
+    from .explain import explain, infer_ring_size
 
     state = read_state(state_dir)
     key = VipKey(ipaddress.ip_address(vip), port, proto)
@@ -285,11 +286,10 @@ def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, p
             ring = dp.ring(vip_id)
             if ring is not None and not isinstance(state.get("tunables"), dict):
                 ring = ring[: infer_ring_size(ring)]  # M unknown without state.toml
-        entry = lookup_flow(dp, src_ip, key.addr, sport, port, proto)
-        ct = CtEntry(*entry) if entry else None
+        ct = lookup_flow(dp, src_ip, key.addr, sport, port, proto)
         _mac, udp_timeout_ns = dp.settings()
         d = explain(src_ip, sport, key, vip_id, ct, ring, dp.backend_entries(), syn=syn,
-                    udp_timeout_ns=udp_timeout_ns, now_ns=time.monotonic_ns())
+                    udp_timeout_ns=udp_timeout_ns, now_tick=now_tick())
     host = f"[{src_ip}]" if src_ip.version == 6 else str(src_ip)
     return {"flow": {"src": str(src_ip), "sport": sport, "vip": str(key.addr), "port": port,
                      "protocol": proto, "syn": syn},

@@ -31,7 +31,7 @@ from xdplbd.model import (
 MAX_RING_SIZE = 1_000_003  # a prime; each ring costs 8 bytes a slot in the kernel
 MAX_REALS_LIMIT = 65535  # backend ids are u16 in the ring
 MAX_WEIGHT = 1000
-MAX_UDP_TIMEOUT = 86400
+MAX_UDP_TIMEOUT = 64800  # 18 h: conntrack entries keep time in 16 bits of ~1.07 s ticks
 RING_SLOTS_PER_REAL = 100  # Maglev paper: M >= 100 x N keeps shares within ~1%
 
 _TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics")

@@ -156,7 +156,7 @@ def render(snap: Snapshot, prev: Optional[Snapshot], meta: Meta) -> RenderableTy
         age = f", walked {meta.flows_age:.0f} s ago" if meta.flows_age and \
             meta.flows_age >= 1.5 else ""
         foot.append(f"conntrack {snap.conntrack_entries:,}/{snap.conntrack_max:,} entries"
-                    f"{age}; flows = live conntrack entries (TCP: until LRU eviction) · ")
+                    f"{age}; flows = live conntrack entries (TCP: until replaced) · ")
     foot.append(f"read in {snap.read_ms:.1f} ms · q or Ctrl-C quits")
     parts.append(foot)
     if meta.log_lines:

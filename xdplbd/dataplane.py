@@ -10,7 +10,7 @@ import errno
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import bpfsys, schema
+from . import bpfsys, conntrack, schema
 from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
 from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
 
@@ -408,18 +408,42 @@ class DataPlane:
 
     def flush_conntrack(self) -> None:
         ct = self.maps["conntrack"]
-        for k in list(ct.keys()):
-            ct.delete(k)
+        n = ct.info.max_entries
+        ct.update_batch(b"".join(schema.U32.pack(i) for i in range(n)),
+                        bytes(ct.read_size * n), n)
 
-    def conntrack(self) -> List[Tuple[bytes, bytes]]:
-        return self.maps["conntrack"].items()
+    def conntrack(self) -> List[Tuple[int, int, int]]:
+        """(bucket, way, entry) of every non-empty conntrack entry."""
+        out: List[Tuple[int, int, int]] = []
+        raw = self.maps["conntrack"].lookup_array_raw()
+        for bucket, ways in enumerate(conntrack.BUCKET.iter_unpack(raw)):
+            out.extend((bucket, way, w) for way, w in enumerate(ways) if w)
+        return out
+
+
+def _flow_bucket(dp: DataPlane, src: IPAddress, dst: IPAddress, sport: int, dport: int,
+                 proto: str) -> Tuple[bytes, Tuple[int, ...], int]:
+    """(bucket key, the bucket's entries, tag) of a flow."""
+    ct = dp.maps["conntrack"]
+    bucket, tag = conntrack.locate(schema.pack_flow_key(src, dst, sport, dport, proto),
+                                   ct.info.max_entries)
+    key = schema.U32.pack(bucket)
+    raw = ct.lookup(key) or bytes(conntrack.BUCKET.size)
+    return key, conntrack.BUCKET.unpack(raw[: conntrack.BUCKET.size]), tag
 
 
 def lookup_flow(dp: DataPlane, src: IPAddress, dst: IPAddress, sport: int, dport: int,
-                proto: str) -> Optional[Tuple[int, int, int]]:
-    """(backend_id, vip_id, last_seen_ns) of a conntrack entry, if any."""
-    raw = dp.maps["conntrack"].lookup(schema.pack_flow_key(src, dst, sport, dport, proto))
-    if raw is None:
-        return None
-    b, v, t = schema.CT_ENTRY.unpack(raw[: schema.CT_ENTRY.size])
-    return b, v, t
+                proto: str) -> Optional[conntrack.Entry]:
+    """The flow's conntrack entry, if any."""
+    _key, ways, tag = _flow_bucket(dp, src, dst, sport, dport, proto)
+    way = conntrack.find(ways, tag)
+    return None if way is None else conntrack.decode(ways[way])
+
+
+def store_flow(dp: DataPlane, src: IPAddress, dst: IPAddress, sport: int, dport: int,
+               proto: str, backend_id: int, tick: int) -> None:
+    """Write a flow's conntrack entry, as the data plane would (tests and tools)."""
+    key, ways, tag = _flow_bucket(dp, src, dst, sport, dport, proto)
+    new = list(ways)
+    new[conntrack.free_way(ways, tag)] = conntrack.encode(conntrack.Entry(tag, backend_id, tick))
+    dp.maps["conntrack"].update(key, conntrack.BUCKET.pack(*new))

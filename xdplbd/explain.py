@@ -17,16 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from . import schema
+from . import conntrack, schema
 from .flowhash import flow_hash, ring_slot
 from .model import IPAddress, VipKey
-
-
-@dataclass(frozen=True)
-class CtEntry:
-    backend_id: int
-    vip_id: int
-    last_seen_ns: int
 
 
 @dataclass(frozen=True)
@@ -64,13 +57,13 @@ def explain(
     sport: int,
     key: VipKey,
     vip_id: Optional[int],
-    ct: Optional[CtEntry],
+    ct: Optional[conntrack.Entry],
     ring: Optional[Sequence[int]],
     backends: Mapping[int, schema.BackendRec],
     *,
     syn: bool = False,
     udp_timeout_ns: int = 0,
-    now_ns: int = 0,
+    now_tick: int = 0,
 ) -> Decision:
     """The decision for the next packet of flow src:sport -> key (a SYN if `syn`)."""
     if vip_id is None:
@@ -84,7 +77,7 @@ def explain(
         b = _usable(backends, ct.backend_id, vip_id)
         if b is None:
             ct_state = "stale"
-        elif key.proto == "udp" and now_ns - ct.last_seen_ns > udp_timeout_ns:
+        elif key.proto == "udp" and conntrack.expired(ct, now_tick, udp_timeout_ns):
             ct_state = "expired"
         else:
             return Decision(
@@ -93,7 +86,7 @@ def explain(
                 detail=f"conntrack entry -> real {b.ip} (backend {ct.backend_id})",
             )
     fk = schema.pack_flow_key(src, key.addr, sport, key.port, key.proto)
-    h = flow_hash(fk)
+    h = flow_hash(fk) & 0xFFFFFFFF  # the half that picks the ring slot
     if not ring:
         return Decision("drop", "no_real", vip_id, conntrack=ct_state, conntrack_backend_id=ct_bid,
                         flow_hash=h, detail=f"{key} has no ring (no reals): dropped")

@@ -1,8 +1,9 @@
 """The data plane's flow hash (bpf/xdplb.c flow_hash), for `xdplb explain` and tests.
 
 The 40-byte flow key read as five host-order 64-bit words, summed with odd
-multipliers, then the MurmurHash3 64-bit finalizer; the ring slot is
-hash * M >> 32 (a multiply instead of hash % M's divide).
+multipliers, then the MurmurHash3 64-bit finalizer. The ring slot is the low
+half times M >> 32 (a multiply instead of hash % M's divide); the conntrack
+bucket and tag come from the whole hash (xdplbd/conntrack.py).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def flow_hash(flow_key: bytes) -> int:
     h ^= h >> 33
     h = (h * 0xC4CEB9FE1A85EC53) & _MASK64
     h ^= h >> 33
-    return h & 0xFFFFFFFF
+    return h
 
 
 def ring_slot(flow_key: bytes, ring_size: int) -> int:
-    return (flow_hash(flow_key) * ring_size) >> 32
+    return ((flow_hash(flow_key) & 0xFFFFFFFF) * ring_size) >> 32

@@ -57,7 +57,7 @@ def families(snap: Snapshot) -> List[Metric]:
     vb = CounterMetricFamily("xdplb_vip_bytes", "Bytes of those packets (whole frames)",
                              labels=VIP_LABELS)
     vf = GaugeMetricFamily("xdplb_vip_tracked_flows", "Live conntrack entries of the VIP: "
-                           "UDP flows not idle past the timeout, TCP flows until LRU eviction "
+                           "UDP flows not idle past the timeout, TCP flows until replaced "
                            "(so an upper bound on open connections)", labels=VIP_LABELS)
     rp = CounterMetricFamily("xdplb_real_packets", "Packets forwarded to the real (XDP_TX)",
                              labels=REAL_LABELS)
@@ -94,7 +94,7 @@ def families(snap: Snapshot) -> List[Metric]:
                                      "table (stale and idle ones included)",
                                      value=snap.conntrack_entries))
     out.append(GaugeMetricFamily("xdplb_conntrack_capacity", "Size of the connection table "
-                                 "(tunables.conntrack_size); LRU eviction beyond it",
+                                 "(tunables.conntrack_size, in 8-entry buckets)",
                                  value=snap.conntrack_max))
     return out
 

@@ -27,7 +27,7 @@ class Tunables:
 
     max_vips: int = 512  # VIP slots (hash + ring outer array)
     max_reals: int = 4096  # backend slots: one per (VIP, real) pair, id 0 reserved
-    conntrack_size: int = 1048576  # LRU entries, ~100 bytes each
+    conntrack_size: int = 4194304  # connection table entries, 8 bytes each (32 MB)
     ring_size: int = 65537  # Maglev M, prime, >= 100 x the largest VIP's reals
     udp_timeout: int = 30  # seconds a UDP flow may idle before it is re-hashed
 

@@ -13,6 +13,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from . import conntrack
 from .model import PROTOCOLS, IPAddress, Tunables, VipKey
 
 FAMILY_V4 = 4
@@ -29,11 +30,11 @@ VIP_INFO = struct.Struct("<IIQ")  # vip_id, flags, ring_digest
 BACKEND = struct.Struct("<6sBBII16s")  # mac, family, flags, vip_id, weight, addr
 BACKEND_FLAGS_OFFSET = 7
 FLOW_KEY = struct.Struct("<16s16s2s2sBB2x")  # src, dst, sport, dport, proto, family
-CT_ENTRY = struct.Struct("<IIQ")  # backend_id, vip_id, last_seen_ns
 COUNTER = struct.Struct("<QQ")  # packets, bytes
 SETTINGS = struct.Struct("<6s2xQ")  # lb_mac, udp_timeout_ns
 RING_VALUE = struct.Struct("<4H")
 VIP_SLOT = struct.Struct("<II20s")  # state, vip_id, vip_key
+TICK_CACHE = struct.Struct("<QQ")  # jiffies, tick (per CPU; the data plane's own)
 U32 = struct.Struct("<I")
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 _ADDR_WORDS = struct.Struct(_NATIVE + "4I")  # the data plane reads host-order words
@@ -66,12 +67,14 @@ def map_specs(t: Tunables) -> List[MapSpec]:
         MapSpec("vips", "hash", VIP_KEY.size, VIP_INFO.size, t.max_vips),
         MapSpec("rings", "array_of_maps", 4, 4, t.max_vips),
         MapSpec("backends", "array", 4, BACKEND.size, t.max_reals),
-        MapSpec("conntrack", "lru_hash", FLOW_KEY.size, CT_ENTRY.size, t.conntrack_size),
+        MapSpec("conntrack", "array", 4, conntrack.BUCKET.size,
+                conntrack.buckets(t.conntrack_size)),
         MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
         MapSpec("outcomes", "percpu_array", 4, COUNTER.size, len(OUTCOMES)),
         MapSpec("settings", "array", 4, SETTINGS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
+        MapSpec("tick_cache", "percpu_array", 4, TICK_CACHE.size, 1),
     ]
 
 
@@ -174,25 +177,6 @@ def pack_flow_key(src: IPAddress, dst: IPAddress, sport: int, dport: int, proto:
     return FLOW_KEY.pack(
         addr16(src), addr16(dst), sport.to_bytes(2, "big"), dport.to_bytes(2, "big"),
         PROTOCOLS[proto], family_of(dst),
-    )
-
-
-@dataclass(frozen=True)
-class Flow:
-    src: IPAddress
-    dst: IPAddress
-    sport: int
-    dport: int
-    proto: str
-
-
-def unpack_flow_key(raw: bytes) -> Optional[Flow]:
-    src, dst, sport, dport, proto, family = FLOW_KEY.unpack(raw[: FLOW_KEY.size])
-    if proto not in PROTO_NAMES or family not in (FAMILY_V4, FAMILY_V6):
-        return None
-    return Flow(
-        addr_from16(src, family), addr_from16(dst, family), int.from_bytes(sport, "big"),
-        int.from_bytes(dport, "big"), PROTO_NAMES[proto],
     )
 
 

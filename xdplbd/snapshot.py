@@ -3,34 +3,31 @@
 Thin: reads the maps through bpfsys (libbpf via ctypes, never bcc) with batch
 lookups, so a whole reading costs a few milliseconds plus the conntrack scan.
 
-"Flows" are conntrack entries, counted per real. The data plane stamps
-`last_seen_ns` on UDP entries only (a write per TCP packet would cost too
-much), so:
+"Flows" are conntrack entries, counted per real (xdplbd/conntrack.py):
   - a UDP entry counts while it is younger than the UDP idle timeout, exactly
     the entries the data plane would still follow;
-  - a TCP entry counts until the LRU table evicts it, so for TCP this is the
-    number of *tracked* flows, an upper bound on open connections (closed
-    connections stay tracked until evicted).
-Entries that point at a removed real, or at a real of another VIP, are not
-counted: the data plane re-hashes them on their next packet.
+  - a TCP entry counts until a new flow takes its way in the bucket, so for
+    TCP this is the number of *tracked* flows, an upper bound on open
+    connections (closed connections stay tracked until replaced).
+Entries store a backend id, not a VIP: an entry of a removed real is not
+counted, but one whose backend slot was reused by a new real counts for the
+new real until it is replaced (the data plane re-hashes it, since the flow's
+VIP differs, or follows it, if the VIP is the same).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from array import array
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import AbstractSet, Any, Dict, List, Optional, Tuple
 
-from . import bpfsys, schema
+from . import bpfsys, conntrack, schema
 from .dataplane import DataPlane
 from .model import Tunables, VipKey
 
-IPPROTO_UDP = 17
-PROTO_OFFSET = 36  # of `proto` in struct flow_key
-SCAN_CHUNK = 8192  # conntrack entries per batch lookup
+SCAN_CHUNK = 8192  # conntrack buckets per batch lookup
 
 
 @dataclass(frozen=True)
@@ -88,11 +85,11 @@ def live_tunables(pin_dir: str, state: Dict[str, Any]) -> Tunables:
         except TypeError:
             pass  # written by another version: fall back to the pins
     sizes = {}
-    for spec, field in (("vips", "max_vips"), ("backends", "max_reals"),
-                        ("conntrack", "conntrack_size")):
+    for spec, field, per_entry in (("vips", "max_vips", 1), ("backends", "max_reals", 1),
+                                   ("conntrack", "conntrack_size", conntrack.WAYS)):
         fd = bpfsys.obj_get(os.path.join(pin_dir, spec))
         try:
-            sizes[field] = bpfsys.map_info(fd).max_entries
+            sizes[field] = bpfsys.map_info(fd).max_entries * per_entry
         finally:
             os.close(fd)
     return Tunables(**sizes)
@@ -108,59 +105,43 @@ def open_pinned(pin_dir: str, state: Dict[str, Any]) -> DataPlane:
 # --- conntrack scan ------------------------------------------------------------
 
 
-def hash_batches(m: bpfsys.Map, chunk: int = SCAN_CHUNK) -> Iterator[Tuple[bytes, bytes, int]]:
-    """(keys, values, n) chunks of a (non per-CPU) hash map (bpfsys.Map.batches)."""
-    return m.batches(chunk)
-
-
 @dataclass(frozen=True)
 class FlowScan:
-    """Live conntrack entries per (vip_id, backend_id), from one walk of the table."""
+    """Live conntrack entries per backend id, from one walk of the table."""
 
-    counts: Dict[Tuple[int, int], int]
+    counts: Dict[int, int]
     entries: int  # every entry in the table, stale and idle ones included
     monotonic: float  # when the walk ended
     ms: float  # what it cost
 
 
-def count_flows(m: bpfsys.Map, udp_timeout_ns: int, now_ns: Optional[int] = None) -> FlowScan:
+def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ns: int,
+                now_tick: Optional[int] = None) -> FlowScan:
     """Walk conntrack once and count the entries the data plane would still follow.
 
-    A UDP entry idle longer than `udp_timeout_ns` is not counted (bpf_ktime_get_ns
-    and time.monotonic_ns both read CLOCK_MONOTONIC). Costs about 0.4 us an entry
-    (a full 1M-entry table: ~0.4 s), plus ~13 ms per million buckets even when empty.
+    A UDP entry (its backend serves a UDP VIP) idle past `udp_timeout_ns` is not
+    counted. The table is an array, so the walk reads every bucket, used or not:
+    about 8 MB and a few tens of ms per million entries.
     """
     t0 = time.monotonic()
-    counts: Counter[Tuple[int, int]] = Counter()
+    if m.read_size != conntrack.BUCKET.size:
+        raise ValueError(f"map {m.name}: value size {m.read_size}, "
+                         f"expected {conntrack.BUCKET.size}")
+    now = conntrack.now_tick() if now_tick is None else now_tick
+    counts: Counter[int] = Counter()
     total = 0
-    ks, vs = m.info.key_size, m.read_size
-    if vs != schema.CT_ENTRY.size:
-        raise ValueError(f"map {m.name}: value size {vs}, expected {schema.CT_ENTRY.size}")
-    for keys, values, n in hash_batches(m):
-        total += n
-        if now_ns is None:
-            now_ns = time.monotonic_ns()
-        words = array("I")
-        words.frombytes(values)
-        bids, vids = words[0::4], words[1::4]
-        protos = keys[PROTO_OFFSET::ks]
-        if udp_timeout_ns and IPPROTO_UDP in protos:
-            stamps = array("Q")
-            stamps.frombytes(values)
-            cutoff = now_ns - udp_timeout_ns
-            counts.update(
-                (v, b) for v, b, p, t in zip(vids, bids, protos, stamps[1::2])
-                if p != IPPROTO_UDP or t >= cutoff
-            )
-        else:
-            counts.update(zip(vids, bids))
+    for _keys, values, _n in m.batches(SCAN_CHUNK):
+        c, used = conntrack.count_live(values, udp_backends, udp_timeout_ns, now)
+        counts.update(c)
+        total += used
     t1 = time.monotonic()
     return FlowScan(dict(counts), total, t1, (t1 - t0) * 1000)
 
 
 def scan_flows(dp: DataPlane) -> FlowScan:
     _mac, udp_timeout_ns = dp.settings()
-    return count_flows(dp.maps["conntrack"], udp_timeout_ns)
+    udp = {b.id for v in dp.read_live().vips if v.key.proto == "udp" for b in v.backends}
+    return count_flows(dp.maps["conntrack"], udp, udp_timeout_ns)
 
 
 # --- the snapshot ----------------------------------------------------------------
@@ -187,7 +168,7 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
         reals = tuple(
             RealSnap(
                 b.id, str(b.ip), b.mac, b.weight, *be_c[b.id],
-                flows=None if counts is None else counts.get((v.id, b.id), 0),
+                flows=None if counts is None else counts.get(b.id, 0),
             )
             for b in v.backends
         )
@@ -196,7 +177,7 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
     t1 = time.monotonic()
     return Snapshot(t1, time.time(), outcomes, tuple(vips),
                     flows.entries if flows is not None else None,
-                    dp.maps["conntrack"].info.max_entries, (t1 - t0) * 1000)
+                    dp.maps["conntrack"].info.max_entries * conntrack.WAYS, (t1 - t0) * 1000)
 
 
 def stats_json(snap: Snapshot) -> Dict[str, Any]:

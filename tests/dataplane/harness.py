@@ -15,7 +15,7 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 ACTIONS = {XDP_ABORTED: "aborted", XDP_DROP: "drop", XDP_PASS: "pass", XDP_TX: "tx"}
 
 TEST_TUNABLES = Tunables(
-    max_vips=64, max_reals=256, conntrack_size=65536, ring_size=65537, udp_timeout=30
+    max_vips=64, max_reals=256, conntrack_size=262144, ring_size=65537, udp_timeout=30
 )
 LB_MAC = "02:00:00:00:00:01"
 CLIENT_MAC = "02:00:00:00:00:99"

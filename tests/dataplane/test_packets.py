@@ -21,7 +21,8 @@ from tests.dataplane.harness import (
     vip,
 )
 from xdplbd import schema
-from xdplbd.dataplane import lookup_flow
+from xdplbd.conntrack import now_tick
+from xdplbd.dataplane import lookup_flow, store_flow
 from xdplbd.flowhash import ring_slot
 from xdplbd.model import VipKey
 
@@ -89,7 +90,7 @@ def test_v4_syn_to_vip_is_forwarded_to_the_ring_real(lb: DataPlaneHarness) -> No
     assert lb.counter("vip_stats", vid) == (1, len(frame))
     assert lb.counter("backend_stats", lb.backend_id(K_TCP4, got)) == (1, len(frame))
     entry = lookup_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40000, 80, "tcp")
-    assert entry is not None and entry[0] == lb.backend_id(K_TCP4, got)
+    assert entry is not None and entry.backend_id == lb.backend_id(K_TCP4, got)
 
 
 def test_v6_syn_to_vip(lb: DataPlaneHarness) -> None:
@@ -105,10 +106,8 @@ def test_established_flow_hits_conntrack_and_keeps_its_real(lb: DataPlaneHarness
     first = assert_forwarded(syn4(40002), lb.run(syn4(40002))[1])
     # Point the entry at another real: a hit must follow the entry, not the ring.
     other = next(ip for ip, _ in REALS4 if ip != first)
-    fk = schema.pack_flow_key(ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40002, 80, "tcp")
-    lb.maps["conntrack"].update(
-        fk, schema.CT_ENTRY.pack(lb.backend_id(K_TCP4, other), lb.vip_id(K_TCP4), 0)
-    )
+    store_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40002, 80, "tcp",
+               lb.backend_id(K_TCP4, other), now_tick())
     before = lb.snapshot()
     ack = syn4(40002, flags="A")
     action, out = lb.run(ack)
@@ -129,17 +128,15 @@ def test_tcp_non_syn_miss_uses_the_ring_and_inserts(lb: DataPlaneHarness) -> Non
 def test_syn_overrides_a_stale_entry(lb: DataPlaneHarness) -> None:
     ring_real = expected_real(lb, K_TCP4, CLIENT4, 40004)
     other = next(ip for ip, _ in REALS4 if ip != ring_real)
-    fk = schema.pack_flow_key(ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40004, 80, "tcp")
-    lb.maps["conntrack"].update(
-        fk, schema.CT_ENTRY.pack(lb.backend_id(K_TCP4, other), lb.vip_id(K_TCP4), 0)
-    )
+    store_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40004, 80, "tcp",
+               lb.backend_id(K_TCP4, other), now_tick())
     before = lb.snapshot()
     action, out = lb.run(syn4(40004))
     assert action == "tx" and assert_forwarded(syn4(40004), out) == ring_real
     # The entry is rewritten in place: still a miss and an insert.
     assert lb.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
     entry = lookup_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40004, 80, "tcp")
-    assert entry is not None and entry[0] == lb.backend_id(K_TCP4, ring_real)
+    assert entry is not None and entry.backend_id == lb.backend_id(K_TCP4, ring_real)
 
 
 def test_udp_is_balanced_and_tracked(lb: DataPlaneHarness) -> None:
@@ -157,11 +154,9 @@ def test_udp_is_balanced_and_tracked(lb: DataPlaneHarness) -> None:
 def test_udp_entry_ages_out_after_idle_timeout(lb: DataPlaneHarness) -> None:
     ring_real = expected_real(lb, K_UDP4, CLIENT4, 5001)
     other = next(ip for ip, _ in REALS4 if ip != ring_real)
-    fk = schema.pack_flow_key(ipaddress.ip_address(CLIENT4), K_UDP4.addr, 5001, 53, "udp")
-    # last seen at boot time: idle far longer than the 30 s timeout
-    lb.maps["conntrack"].update(
-        fk, schema.CT_ENTRY.pack(lb.backend_id(K_UDP4, other), lb.vip_id(K_UDP4), 1)
-    )
+    # last seen ~18 minutes ago: idle far longer than the 30 s timeout
+    store_flow(lb, ipaddress.ip_address(CLIENT4), K_UDP4.addr, 5001, 53, "udp",
+               lb.backend_id(K_UDP4, other), now_tick() - 1000)
     frame = bytes(eth() / IP(src=CLIENT4, dst=VIP4) / UDP(sport=5001, dport=53))
     before = lb.snapshot()
     action, out = lb.run(frame)
@@ -290,10 +285,8 @@ def test_icmp_frag_needed_goes_to_the_real_owning_the_flow(lb: DataPlaneHarness)
     owner = assert_forwarded(syn4(40010), lb.run(syn4(40010))[1])
     # Move the flow's entry to another real: the error must follow the entry.
     other = next(ip for ip, _ in REALS4 if ip != owner)
-    fk = schema.pack_flow_key(ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40010, 80, "tcp")
-    lb.maps["conntrack"].update(
-        fk, schema.CT_ENTRY.pack(lb.backend_id(K_TCP4, other), lb.vip_id(K_TCP4), 0)
-    )
+    store_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40010, 80, "tcp",
+               lb.backend_id(K_TCP4, other), now_tick())
     err = bytes(eth() / IP(src="10.9.9.9", dst=VIP4) / ICMP(type=3, code=4, nexthopmtu=1400)
                 / IP(src=VIP4, dst=CLIENT4) / TCP(sport=80, dport=40010, flags="A"))
     before = lb.snapshot()

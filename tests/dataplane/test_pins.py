@@ -31,8 +31,8 @@ def test_wrong_value_size_under_a_pinned_name_is_refused() -> None:
 def test_changed_tunable_is_refused(program: loader.Program) -> None:
     from tests.dataplane.conftest import PIN_DIR
 
-    bigger = TEST_TUNABLES.__class__(**{**TEST_TUNABLES.__dict__, "conntrack_size": 131072})
-    with pytest.raises(loader.LoadError, match=r"conntrack: max entries is 65536, expected 131072"):
+    bigger = TEST_TUNABLES.__class__(**{**TEST_TUNABLES.__dict__, "conntrack_size": 524288})
+    with pytest.raises(loader.LoadError, match=r"conntrack: max entries is 32768, expected 65536"):
         loader.load(PIN_DIR, bigger)
 
 

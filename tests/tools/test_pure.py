@@ -1,5 +1,5 @@
 """The pure parts of the tools: rendering, explain, metric families, argv parsing;
-plus the conntrack walk on a real (scratch) LRU map."""
+plus the conntrack walk on a real (scratch) array map."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import io
 import ipaddress
 import json
 import os
-import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -16,13 +15,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from xdplbd import bpfsys, daemonize, schema
+from xdplbd import bpfsys, conntrack, daemonize, schema
 from xdplbd.config import config_digest
+from xdplbd.conntrack import Entry
 from xdplbd.dashboard import Meta, human, render
-from xdplbd.explain import CtEntry, explain, infer_ring_size
+from xdplbd.explain import explain, infer_ring_size
 from xdplbd.metrics import families, parse_listen
 from xdplbd.model import VipKey
-from xdplbd.snapshot import RealSnap, Snapshot, VipSnap, count_flows, hash_batches, stats_json
+from xdplbd.snapshot import RealSnap, Snapshot, VipSnap, count_flows, stats_json
 from xdplbd.state import write_state
 from xdplbd.status import render_text, status_data
 
@@ -137,21 +137,21 @@ def test_explain_branches() -> None:
     assert d.backend_id == RING[d.ring_slot]
     ring_real = d.real
     other = 1 if d.backend_id == 2 else 2
-    d = explain(SRC, 1000, K, 7, CtEntry(other, 7, 0), RING, b)
+    d = explain(SRC, 1000, K, 7, Entry(1, other, 0), RING, b)
     assert (d.reason, d.conntrack, d.backend_id) == ("conntrack", "hit", other)
     assert d.ring_slot is None
-    d = explain(SRC, 1000, K, 7, CtEntry(other, 7, 0), RING, b, syn=True)
+    d = explain(SRC, 1000, K, 7, Entry(1, other, 0), RING, b, syn=True)
     assert (d.reason, d.conntrack, d.real) == ("ring", "skipped (SYN)", ring_real)
     for stale in (3, 99, 0):  # another VIP's backend, a freed slot, none
-        d = explain(SRC, 1000, K, 7, CtEntry(stale, 7, 0), RING, b)
+        d = explain(SRC, 1000, K, 7, Entry(1, stale, 0), RING, b)
         assert (d.reason, d.conntrack, d.real) == ("ring", "stale", ring_real)
     ku = VipKey(K.addr, 53, "udp")
-    now = 100 * 10**9
-    fresh = explain(SRC, 1000, ku, 7, CtEntry(other, 7, now - 10**9), RING, b,
-                    udp_timeout_ns=30 * 10**9, now_ns=now)
+    now = 5  # ticks of ~1.07 s; ages wrap at 2**16, so "5 - 30" is 30 ticks ago
+    fresh = explain(SRC, 1000, ku, 7, Entry(1, other, now - 1), RING, b,
+                    udp_timeout_ns=30 * 10**9, now_tick=now)
     assert fresh.reason == "conntrack"
-    idle = explain(SRC, 1000, ku, 7, CtEntry(other, 7, now - 31 * 10**9), RING, b,
-                   udp_timeout_ns=30 * 10**9, now_ns=now)
+    idle = explain(SRC, 1000, ku, 7, Entry(1, other, (now - 30) & 0xFFFF), RING, b,
+                   udp_timeout_ns=30 * 10**9, now_tick=now)
     assert (idle.reason, idle.conntrack) == ("ring", "expired")
     # A slot with no usable real drops; so does a VIP without a ring.
     d = explain(SRC, 1000, K, 7, None, (0,) * 97, b)
@@ -304,33 +304,42 @@ def test_start_options_and_listen() -> None:
 # --- the conntrack walk, on a real scratch map -----------------------------------------
 
 @pytest.fixture
-def lru() -> bpfsys.Map:
+def ct_map() -> bpfsys.Map:
     if os.geteuid() != 0:
         pytest.skip("needs root (creates a BPF map)")
-    fd = bpfsys.lib().bpf_map_create(9, b"xdplb_ct_test", schema.FLOW_KEY.size,
-                                     schema.CT_ENTRY.size, 1024, None)
-    assert fd >= 0
+    fd = bpfsys.create_array("xdplb_ct_test", conntrack.BUCKET.size, 256)
     m = bpfsys.Map(fd, "xdplb_ct_test")
     yield m
     m.close()
 
 
-def test_conntrack_walk_counts_live_entries(lru: bpfsys.Map) -> None:
-    now = time.monotonic_ns()
-    vip = ipaddress.ip_address("10.0.0.100")
-    want: Dict[Tuple[int, int], int] = {}
+def test_conntrack_walk_counts_live_entries(ct_map: bpfsys.Map) -> None:
+    now = 1000
+    udp_backends = {3, 4}
+    want: Dict[int, int] = {}
+    buckets = [[0] * conntrack.WAYS for _ in range(256)]
     for i in range(300):
-        proto = "udp" if i % 3 == 0 else "tcp"
         bid = 1 + i % 4
-        src = ipaddress.ip_address(0x0B000000 + i)
-        idle = proto == "udp" and i % 2 == 0  # half the UDP flows idle past the timeout
-        stamp = (now - 60 * 10**9 if idle else now - 10**9) if proto == "udp" else 0
-        lru.update(schema.pack_flow_key(src, vip, 1000 + i, 80, proto),
-                   schema.CT_ENTRY.pack(bid, 7, stamp))
+        idle = bid in udp_backends and i % 2 == 0  # half the UDP flows idle past the timeout
+        tick = now - 60 if idle else now - 1
+        bucket, way = divmod(i, conntrack.WAYS)
+        buckets[bucket][way] = conntrack.encode(conntrack.Entry(2 * i + 1, bid, tick))
         if not idle:
-            want[(7, bid)] = want.get((7, bid), 0) + 1
-    chunks = list(hash_batches(lru, chunk=16))
-    assert len(chunks) > 1 and sum(n for _, _, n in chunks) == 300
-    scan = count_flows(lru, 30 * 10**9, now_ns=now)
+            want[bid] = want.get(bid, 0) + 1
+    for i, ways in enumerate(buckets):
+        ct_map.update(schema.U32.pack(i), conntrack.BUCKET.pack(*ways))
+    scan = count_flows(ct_map, udp_backends, 30 * 10**9, now_tick=now)
     assert scan.entries == 300 and scan.counts == want
-    assert count_flows(lru, 0, now_ns=now).counts[(7, 1)] == 75  # no timeout: all count
+    # No UDP backends: every entry counts.
+    assert count_flows(ct_map, set(), 30 * 10**9, now_tick=now).counts[3] == 75
+
+
+def test_conntrack_layout_round_trips_and_ages_wrap() -> None:
+    e = conntrack.Entry(0xDEADBEEF, 4095, 0xFFFF)
+    assert conntrack.decode(conntrack.encode(e)) == e and conntrack.decode(0) is None
+    assert conntrack.age(0xFFFF, 2) == 3  # the 16-bit clock wraps
+    assert conntrack.tag_of(0x1234_0000_0000_0000) == 1  # never 0: 0 marks an empty way
+    assert conntrack.buckets(1001) == 126 and conntrack.bucket_of(2**64 - 1, 126) == 125
+    ways = (0, conntrack.encode(e), 0, 0)
+    assert conntrack.find(ways, 0xDEADBEEF) == 1 and conntrack.find(ways, 7) is None
+    assert conntrack.free_way(ways, 0xDEADBEEF) == 1 and conntrack.free_way(ways, 7) == 0

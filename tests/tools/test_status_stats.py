@@ -17,6 +17,8 @@ from tests.tools.conftest import (
 )
 from xdplbd import bpfsys, schema
 from xdplbd.cli import explain_data
+from xdplbd.conntrack import now_tick
+from xdplbd.dataplane import store_flow
 from xdplbd.model import VipKey
 from xdplbd.snapshot import stats_json, take
 
@@ -208,13 +210,12 @@ def test_explain_follows_conntrack_over_the_ring_and_syn_over_conntrack(
     ring_real = _explain(d, src, sport, TEST_TCP_PORT, "tcp")["real"]
     other = next(ip for ip in d.mac_to_ip.values() if ip != ring_real)
     key = VipKey(ipaddress.ip_address(TEST_VIP), TEST_TCP_PORT, "tcp")
-    fk = schema.pack_flow_key(ipaddress.ip_address(src), key.addr, sport, key.port, "tcp")
+    flow = (ipaddress.ip_address(src), key.addr, sport, key.port, "tcp")
     with d.dataplane() as dp:
-        vip_id = next(v.id for v in dp.read_live().vips if v.key == key)
         bid = next(b.id for v in dp.read_live().vips if v.key == key for b in v.backends
                    if str(b.ip) == other)
         # Point the flow at the other real, as if it had been pinned there earlier.
-        dp.maps["conntrack"].update(fk, schema.CT_ENTRY.pack(bid, vip_id, 0))
+        store_flow(dp, *flow, backend_id=bid, tick=now_tick())
         e = _explain(d, src, sport, TEST_TCP_PORT, "tcp")
         assert (e["reason"], e["real"], e["backend_id"]) == ("conntrack", other, bid)
         assert _real_for(driver, src, sport, TEST_TCP_PORT, "tcp") == other
@@ -224,7 +225,7 @@ def test_explain_follows_conntrack_over_the_ring_and_syn_over_conntrack(
         assert _real_for(driver, src, sport, TEST_TCP_PORT, "tcp", flags="S") == ring_real
         # A stale entry (a backend id of another VIP) is ignored: ring again.
         foreign = next(b.id for v in dp.read_live().vips if v.key != key for b in v.backends)
-        dp.maps["conntrack"].update(fk, schema.CT_ENTRY.pack(foreign, vip_id, 0))
+        store_flow(dp, *flow, backend_id=foreign, tick=now_tick())
         e = _explain(d, src, sport, TEST_TCP_PORT, "tcp")
         assert (e["reason"], e["conntrack"], e["real"]) == ("ring", "stale", ring_real)
         assert _real_for(driver, src, sport, TEST_TCP_PORT, "tcp") == ring_real
@@ -237,19 +238,17 @@ def test_explain_udp_entry_idle_past_the_timeout_is_rehashed(lab_daemon: LabDaem
     ring_real = _explain(d, src, sport, TEST_UDP_PORT, "udp")["real"]
     other = next(ip for ip in d.mac_to_ip.values() if ip != ring_real)
     key = VipKey(ipaddress.ip_address(TEST_VIP), TEST_UDP_PORT, "udp")
-    fk = schema.pack_flow_key(ipaddress.ip_address(src), key.addr, sport, key.port, "udp")
+    flow = (ipaddress.ip_address(src), key.addr, sport, key.port, "udp")
     with d.dataplane() as dp:
         live = {v.key: v for v in dp.read_live().vips}
         bid = next(b.id for b in live[key].backends if str(b.ip) == other)
-        import time
-
-        now = time.monotonic_ns()
-        dp.maps["conntrack"].update(fk, schema.CT_ENTRY.pack(bid, live[key].id, now))
+        now = now_tick()
+        store_flow(dp, *flow, backend_id=bid, tick=now)
         e = _explain(d, src, sport, TEST_UDP_PORT, "udp")
         assert (e["reason"], e["real"]) == ("conntrack", other)
         assert _real_for(driver, src, sport, TEST_UDP_PORT, "udp") == other
-        stale = now - (TUNABLES["udp_timeout"] + 5) * 1_000_000_000
-        dp.maps["conntrack"].update(fk, schema.CT_ENTRY.pack(bid, live[key].id, stale))
+        stale = now - TUNABLES["udp_timeout"] - 5  # ticks are ~1.07 s
+        store_flow(dp, *flow, backend_id=bid, tick=stale)
         e = _explain(d, src, sport, TEST_UDP_PORT, "udp")
         assert (e["reason"], e["conntrack"], e["real"]) == ("ring", "expired", ring_real)
         assert _real_for(driver, src, sport, TEST_UDP_PORT, "udp") == ring_real
