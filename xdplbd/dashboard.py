@@ -6,9 +6,9 @@ around it (TopSource, run_live) reads the maps through libbpf, never bcc, so it
 works whoever started the daemon, and while no daemon runs at all.
 
 Refresh cost: counters are read with batch lookups (a few ms). The conntrack
-walk that gives the "flows" column costs ~0.4 us per entry, so it is repeated
-at most as often as keeps it under ~10% of one CPU (a full 1M-entry table is
-walked every ~4 s instead of every second); the footer shows its age.
+walk that gives the "flows" column reads the whole table (~100-150 ms for the
+default 4M entries), so it is repeated at most as often as keeps it under ~10%
+of one CPU (about every 1.5 s at the default); the footer shows its age.
 """
 
 from __future__ import annotations
