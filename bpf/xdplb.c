@@ -627,6 +627,11 @@ static __always_inline __u64 ct_make(__u32 tag, __u32 id, __u32 now)
 	return tag | ((__u64)id << CT_ID_SHIFT) | ((__u64)(now & CT_TICK_MASK) << CT_SEEN_SHIFT);
 }
 
+static __always_inline __u32 coarse_tick(void)
+{
+	return (bpf_ktime_get_coarse_ns() >> CT_TICK_SHIFT) & CT_TICK_MASK;
+}
+
 /* The current tick. The coarse clock is a helper call (2 ns a packet,
  * measured); bpf_jiffies64 is inlined to one load but counts in HZ units we
  * do not know. So read the clock once per jiffy per CPU and cache it. */
@@ -637,10 +642,10 @@ static __always_inline __u32 ct_now(void)
 	struct tick_cache *c = tick_cache.lookup(&zero);
 
 	if (!c)
-		return (bpf_ktime_get_coarse_ns() >> CT_TICK_SHIFT) & CT_TICK_MASK;
+		return coarse_tick();
 	if (c->jiffies != jiffies) {
 		c->jiffies = jiffies;
-		c->tick = (bpf_ktime_get_coarse_ns() >> CT_TICK_SHIFT) & CT_TICK_MASK;
+		c->tick = coarse_tick();
 	}
 	return c->tick;
 }

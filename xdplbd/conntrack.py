@@ -120,7 +120,7 @@ def count_live(values: bytes, udp_backends: AbstractSet[int], udp_timeout_ns: in
     counts: Counter[int] = Counter()
     for w in used:
         bid = (w >> ID_SHIFT) & ID_MASK
-        if bid in udp_backends and ((now - (w >> SEEN_SHIFT)) & TICK_MASK) > limit:
+        if bid in udp_backends and age(w >> SEEN_SHIFT, now) > limit:
             continue
         counts[bid] += 1
     return counts, len(used)

@@ -25,7 +25,7 @@ from typing import AbstractSet, Any, Dict, List, Optional, Tuple
 
 from . import bpfsys, conntrack, schema
 from .dataplane import DataPlane
-from .model import Tunables, VipKey
+from .model import LiveState, Tunables, VipKey
 
 SCAN_CHUNK = 8192  # conntrack buckets per batch lookup
 
@@ -138,9 +138,11 @@ def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ns: i
     return FlowScan(dict(counts), total, t1, (t1 - t0) * 1000)
 
 
-def scan_flows(dp: DataPlane) -> FlowScan:
+def scan_flows(dp: DataPlane, live: Optional[LiveState] = None) -> FlowScan:
+    """Count the live flows; `live` saves re-reading the maps when the caller has it."""
     _mac, udp_timeout_ns = dp.settings()
-    udp = {b.id for v in dp.read_live().vips if v.key.proto == "udp" for b in v.backends}
+    vips = (live or dp.read_live()).vips
+    udp = {b.id for v in vips if v.key.proto == "udp" for b in v.backends}
     return count_flows(dp.maps["conntrack"], udp, udp_timeout_ns)
 
 
@@ -156,9 +158,9 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
     """Read every counter once. Flow counts come from `flows`, or from a fresh
     conntrack walk if `scan`; otherwise they are left out (None)."""
     t0 = time.monotonic()
-    if scan:
-        flows = scan_flows(dp)
     live = dp.read_live()
+    if scan:
+        flows = scan_flows(dp, live)
     vip_c = _sum_all(dp, "vip_stats")
     be_c = _sum_all(dp, "backend_stats")
     out_c = _sum_all(dp, "outcomes")
