@@ -13,19 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.harness import (
-    RESULTS,
-    Env,
-    cleanup_prefix,
-    cleanup_session,
-    cleanup_stale,
-    e2e_prefix,
-    start_env,
-    stop_env,
-)
-
-# real4 is in the lab but not in the baseline config: the "add a real" scenarios add it.
-BASELINE = {"real1": 1, "real2": 1, "real3": 1}
+from tests.e2e.harness import RESULTS, Env, cleanup_session, cleanup_stale, running_env
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,11 +29,7 @@ def e2e_safety_net() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def native_env(request: pytest.FixtureRequest) -> Iterator[Env]:
     """The lab (4 reals, real1-3 in the config) with xdplbd in native mode."""
-    prefix = e2e_prefix("n")
-    request.addfinalizer(lambda: cleanup_prefix(prefix))  # even if start_env fails
-    env = start_env(prefix, 4, BASELINE, xdp_mode="native")
-    yield env
-    stop_env(env)
+    yield from running_env(request, "n", "native")
 
 
 @pytest.fixture

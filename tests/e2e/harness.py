@@ -172,6 +172,19 @@ def stop_env(env: Env) -> None:
         cleanup_prefix(env.lab.prefix)
 
 
+# real4 is in the lab but not in the baseline config: the "add a real" scenarios add it.
+BASELINE = {"real1": 1, "real2": 1, "real3": 1}
+
+
+def running_env(request: Any, tag: str, xdp_mode: str) -> Iterator[Env]:
+    """A fixture body: the 4-real lab with xdplbd on the baseline config."""
+    prefix = e2e_prefix(tag)
+    request.addfinalizer(lambda: cleanup_prefix(prefix))  # even if start_env fails
+    env = start_env(prefix, 4, BASELINE, xdp_mode=xdp_mode)
+    yield env
+    stop_env(env)
+
+
 # --------------------------------------------------------------------------- clients
 
 

@@ -8,30 +8,22 @@ from typing import Iterator, List
 import pytest
 
 from tests.e2e.harness import (
+    BASELINE,
     Env,
     attached_mode,
-    cleanup_prefix,
     dsr_problems,
     dsr_run,
-    e2e_prefix,
     reals_of,
+    running_env,
     spread,
-    start_env,
-    stop_env,
     udp_flows,
     under_load,
 )
 
-BASELINE = {"real1": 1, "real2": 1, "real3": 1}
-
 
 @pytest.fixture(scope="module")
 def generic_env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    prefix = e2e_prefix("g")
-    request.addfinalizer(lambda: cleanup_prefix(prefix))
-    env = start_env(prefix, 4, BASELINE, xdp_mode="generic")
-    yield env
-    stop_env(env)
+    yield from running_env(request, "g", "generic")
 
 
 @pytest.fixture
