@@ -22,18 +22,10 @@ DEB_PKGS=(python3 python3-venv python3-bpfcc libbpf1 iproute2 ethtool
 RPM_PKGS=(python3 python3-bcc libbpf iproute ethtool nginx socat curl
   tcpdump tmux systemd-container groff-base man-db bpftool kernel-devel)
 
-install_deb() {
-  local missing=()
-  for p in "${DEB_PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+# shellcheck source=scripts/apt-missing.sh
+. "$ROOT/scripts/apt-missing.sh"
+
+install_deb() { apt_install_missing "${DEB_PKGS[@]}"; }
 
 install_rpm() {
   # RHEL/Rocky 9+: EPEL provides wrk; everything else is in BaseOS/AppStream.

@@ -47,6 +47,8 @@ trap cleanup EXIT
 
 log() { printf 'install: %s\n' "$*" >&2; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/apt-missing.sh
+. "$ROOT/scripts/apt-missing.sh"
 
 # Runtime packages only (the test/dev tools of scripts/bootstrap.sh are not needed).
 DEB_PKGS=(python3 python3-venv python3-setuptools python3-bpfcc libbpf1 iproute2
@@ -59,17 +61,7 @@ systemd_running() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
 install_packages() {
   if [ -n "$DESTDIR" ] || [ "${XDPLB_INSTALL_DEPS:-1}" = 0 ]; then return; fi
   if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
-    local missing=() p
-    for p in "${DEB_PKGS[@]}"; do
-      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-        || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-      log "installing distro packages: ${missing[*]}"
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -q >/dev/null
-      apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    apt_install_missing "${DEB_PKGS[@]}"
   elif command -v rpm >/dev/null && command -v dnf >/dev/null; then
     rpm -q "${RPM_PKGS[@]}" >/dev/null 2>&1 || dnf install -y -q "${RPM_PKGS[@]}"
   else
