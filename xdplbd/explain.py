@@ -5,7 +5,7 @@ Mirrors balance() in bpf/xdplb.c step by step, given what the maps hold:
   2. a TCP SYN skips conntrack (a new connection always picks through the ring);
   3. a conntrack entry whose backend is live and belongs to this VIP (and, for
      UDP, is not idle past the timeout) wins: XDP_TX to that real;
-  4. otherwise the ring slot of the 5-tuple's hash (flowhash.ring_slot) in the
+  4. otherwise the ring slot of the 5-tuple's hash (flowhash.slot_of_hash) in the
      VIP's Maglev ring of M slots: XDP_TX to that real (and a conntrack entry is
      inserted), or XDP_DROP if the slot holds no usable real.
 The shell (`xdplb explain`) reads the maps and calls explain(); the tests check
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from . import conntrack, schema
-from .flowhash import flow_hash, ring_slot
+from .flowhash import flow_hash, slot_of_hash
 from .model import IPAddress, VipKey
 
 
@@ -90,7 +90,7 @@ def explain(
     if not ring:
         return Decision("drop", "no_real", vip_id, conntrack=ct_state, conntrack_backend_id=ct_bid,
                         flow_hash=h, detail=f"{key} has no ring (no reals): dropped")
-    slot = ring_slot(fk, len(ring))
+    slot = slot_of_hash(h, len(ring))
     bid = ring[slot]
     b = _usable(backends, bid, vip_id)
     why = {"stale": f"conntrack entry points at backend {ct_bid}, which is gone; ",

@@ -32,5 +32,10 @@ def flow_hash(flow_key: bytes) -> int:
     return h
 
 
+def slot_of_hash(hash64: int, ring_size: int) -> int:
+    """ring_pick(): the hash's low half spread over M slots."""
+    return ((hash64 & 0xFFFFFFFF) * ring_size) >> 32
+
+
 def ring_slot(flow_key: bytes, ring_size: int) -> int:
-    return ((flow_hash(flow_key) & 0xFFFFFFFF) * ring_size) >> 32
+    return slot_of_hash(flow_hash(flow_key), ring_size)
