@@ -523,14 +523,19 @@ static __always_inline void count_id(void *map_lookup_result, __u64 bytes)
 	}
 }
 
-static __always_inline int forward(struct packet *pkt, __u32 vip_id, __u32 id,
-				   struct backend *b)
+static __always_inline struct settings *get_settings(void)
+{
+	u32 zero = 0;
+
+	return settings.lookup(&zero);
+}
+
+static __always_inline int forward(struct packet *pkt, const struct settings *s,
+				   __u32 vip_id, __u32 id, struct backend *b)
 {
 	struct ethhdr *eth = pkt->data;
-	u32 zero = 0;
-	struct settings *s = settings.lookup(&zero);
 
-	if (!s || (void *)(eth + 1) > pkt->data_end)
+	if ((void *)(eth + 1) > pkt->data_end)
 		return pass(pkt->len);
 	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, s->lb_mac, ETH_ALEN);
@@ -689,11 +694,15 @@ static __always_inline int route_icmp_error(struct packet *pkt)
 {
 	struct ct_bucket *bucket;
 	struct backend *b = NULL;
+	struct settings *s;
 	__u32 vip_id, id = 0;
 	__u64 hash;
 	int way;
 
 	if (!lookup_vip(&pkt->flow, &vip_id))
+		return pass(pkt->len);
+	s = get_settings();
+	if (!s)
 		return pass(pkt->len);
 	hash = flow_hash(&pkt->flow);
 	bucket = ct_bucket_of(hash);
@@ -711,7 +720,7 @@ static __always_inline int route_icmp_error(struct packet *pkt)
 	if (!b)
 		return pass(pkt->len);
 	count(OUT_ICMP_ROUTED, pkt->len);
-	return forward(pkt, vip_id, id, b);
+	return forward(pkt, s, vip_id, id, b);
 }
 
 static __always_inline int balance(struct packet *pkt)
@@ -721,10 +730,12 @@ static __always_inline int balance(struct packet *pkt)
 	struct settings *s;
 	__u32 vip_id, id, tag, now;
 	__u64 hash, entry;
-	u32 zero = 0;
 	int way;
 
 	if (!lookup_vip(&pkt->flow, &vip_id))
+		return pass(pkt->len);
+	s = get_settings(); /* one read for the UDP timeout and the LB's MAC */
+	if (!s)
 		return pass(pkt->len);
 	hash = flow_hash(&pkt->flow);
 	tag = ct_tag(hash);
@@ -740,17 +751,15 @@ static __always_inline int balance(struct packet *pkt)
 		entry = bucket->way[way];
 		id = ct_backend(entry);
 		b = backend_for(id, vip_id);
-		if (b && pkt->flow.proto == IPPROTO_UDP) {
-			s = settings.lookup(&zero);
-			if (s && ct_age(entry, now) > (s->udp_timeout_ns >> CT_TICK_SHIFT))
-				b = NULL; /* idle too long: a new flow */
-		}
+		if (b && pkt->flow.proto == IPPROTO_UDP &&
+		    ct_age(entry, now) > (s->udp_timeout_ns >> CT_TICK_SHIFT))
+			b = NULL; /* idle too long: a new flow */
 		if (b) {
 			/* Refresh the entry's clock at most once a tick. */
 			if ((entry >> CT_SEEN_SHIFT) != now)
 				bucket->way[way] = ct_make(tag, id, now);
 			count(OUT_CT_HIT, pkt->len);
-			return forward(pkt, vip_id, id, b);
+			return forward(pkt, s, vip_id, id, b);
 		}
 	}
 	count(OUT_CT_MISS, pkt->len);
@@ -767,7 +776,7 @@ static __always_inline int balance(struct packet *pkt)
 		bucket->way[way] = ct_make(tag, id, now);
 		count(OUT_CT_INSERT, pkt->len);
 	}
-	return forward(pkt, vip_id, id, b);
+	return forward(pkt, s, vip_id, id, b);
 }
 
 int xdplb_main(struct xdp_md *ctx)
