@@ -530,6 +530,17 @@ static __always_inline struct settings *get_settings(void)
 	return settings.lookup(&zero);
 }
 
+/* A MAC address as a 4-byte and a 2-byte word. struct ethhdr is packed, so
+ * a memcpy into it compiles to six byte loads and six byte stores a MAC; as
+ * words it is two of each. The sources are aligned map values; the packet
+ * side may be unaligned, which x86 and the verifier's packet access (no
+ * strict alignment on such arches) accept. */
+static __always_inline void set_mac(__u8 *dst, const __u8 *src)
+{
+	*(__u32 *)dst = *(const __u32 *)src;
+	*(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
+}
+
 static __always_inline int forward(struct packet *pkt, const struct settings *s,
 				   __u32 vip_id, __u32 id, struct backend *b)
 {
@@ -537,8 +548,8 @@ static __always_inline int forward(struct packet *pkt, const struct settings *s,
 
 	if ((void *)(eth + 1) > pkt->data_end)
 		return pass(pkt->len);
-	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, s->lb_mac, ETH_ALEN);
+	set_mac(eth->h_dest, b->mac);
+	set_mac(eth->h_source, s->lb_mac);
 	count_id(vip_stats.lookup(&vip_id), pkt->len);
 	count_id(backend_stats.lookup(&id), pkt->len);
 	count(OUT_TX, pkt->len);
@@ -791,18 +802,23 @@ int xdplb_main(struct xdp_md *ctx)
 	pkt.len = pkt.data_end - pkt.data;
 
 	proto = parse_eth(pkt.data, pkt.data_end, &l3_off);
-	if (proto == htons(ETH_P_IP))
+	/* balance() is inlined once per family, so that the IPv4 copy is
+	 * compiled knowing the flow-key words an IPv4 address leaves zero: a
+	 * three-word hash and a shorter VIP compare. With set_mac(), this took
+	 * an established IPv4 packet from 20.8 to 17.9 ns (docs/dataplane.md). */
+	if (proto == htons(ETH_P_IP)) {
 		res = parse_ipv4(&pkt, pkt.data + l3_off);
-	else if (proto == htons(ETH_P_IPV6))
+		if (res == PARSE_OK)
+			return balance(&pkt);
+	} else if (proto == htons(ETH_P_IPV6)) {
 		res = parse_ipv6(&pkt, pkt.data + l3_off);
-	else if (!proto)
-		res = PARSE_MALFORMED;
-	else
-		res = PARSE_OTHER;
+		if (res == PARSE_OK)
+			return balance(&pkt);
+	} else {
+		res = proto ? PARSE_OTHER : PARSE_MALFORMED;
+	}
 
 	switch (res) {
-	case PARSE_OK:
-		return balance(&pkt);
 	case PARSE_ICMP_ERROR:
 		return route_icmp_error(&pkt);
 	case PARSE_FRAGMENT:
