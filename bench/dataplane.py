@@ -28,8 +28,8 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import statistics
 import socket
+import statistics
 import struct
 import subprocess
 import time
