@@ -281,7 +281,13 @@ static __always_inline __be16 parse_eth(void *data, void *data_end, __u32 *l3_of
 
 	if ((void *)(eth + 1) > data_end)
 		return 0;
-	proto = eth->h_proto;
+	/* h_proto as one 16-bit load: struct ethhdr is packed, so the field
+	 * would be read a byte at a time. */
+	proto = *(__be16 *)&eth->h_proto;
+	if (proto == htons(ETH_P_IP)) {
+		*l3_off = off;
+		return proto;
+	}
 
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
