@@ -32,6 +32,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,18 +153,7 @@ def _compile_new_flow(prog_fd: int, trivial_fd: int) -> Tuple[object, int, int]:
 
 
 FLOOR_SRC = Path(__file__).with_name("floor.c")
-FLOOR_VIP_SLOTS = 4096  # VIP_SLOTS in floor.c
-FLOOR_VIP_INDEX_MULT = 0x9E3779B1  # VIP_INDEX_MULT in floor.c
-
-
-def _floor_vip_slot(vip: str, port: int) -> Tuple[int, int, int]:
-    """floor.c's vip_slot_of: the slot, and the address and port as it loads them."""
-    addr = int.from_bytes(socket.inet_aton(vip), "little")
-    port_le = int.from_bytes(port.to_bytes(2, "big"), "little")
-    x = addr ^ port_le ^ (socket.IPPROTO_TCP << 16)
-    x ^= x >> 16
-    x = (x * FLOOR_VIP_INDEX_MULT) & 0xFFFFFFFF
-    return (x * FLOOR_VIP_SLOTS) >> 32, addr, port_le
+FLOOR_REAL_ID = 1  # the backend id floor.c files a new flow under
 
 
 def _compile_floor(frame: bytes) -> Tuple[object, int]:
@@ -173,17 +163,20 @@ def _compile_floor(frame: bytes) -> Tuple[object, int]:
 
     b = BPF(text=FLOOR_SRC.read_bytes())
     fd = b.load_func(b"xdp_floor", BPF.XDP).fd
-    slot, addr, port = _floor_vip_slot(VIP, 80)
+    key = VipKey(ipaddress.ip_address(VIP), 80, "tcp")
+    vip_id = 1
     vip_index = b["vip_index"]
     v = vip_index.Leaf()
-    v.state, v.vip_id, v.addr, v.port, v.proto = 2, 1, addr, port, socket.IPPROTO_TCP
+    v.state, v.vip_id, v.proto = schema.VIP_SLOT_EXACT, vip_id, socket.IPPROTO_TCP
+    # Address and port as floor.c loads them from the packet: network-order bytes.
+    v.addr = int.from_bytes(key.addr.packed, sys.byteorder)
+    v.port = int.from_bytes(key.port.to_bytes(2, "big"), sys.byteorder)
+    slot = schema.vip_slot(schema.pack_vip_key(key), vip_index.max_entries)
     vip_index[ctypes.c_int(slot)] = v
     backends = b["backends"]
-    real = backends.Leaf()
-    real.flags, real.vip_id = 1, 1
-    for i, byte in enumerate(bytes.fromhex("020000030000")):
-        real.mac[i] = byte
-    backends[ctypes.c_int(1)] = real
+    real = ipaddress.ip_address("10.3.0.10")
+    backends[ctypes.c_int(FLOOR_REAL_ID)] = backends.Leaf.from_buffer_copy(
+        schema.pack_backend(real, "02:00:00:03:00:00", vip_id, 1))
     r = bpfsys.test_run(fd, frame)
     assert r.retval == XDP_TX, f"floor program returned {r.retval}, not XDP_TX"
     return b, fd

@@ -19,9 +19,10 @@
 #include <uapi/linux/ip.h>
 #include <uapi/linux/tcp.h>
 
-#define VIP_SLOTS 4096
+#define VIP_SLOTS 4096 /* xdplb's vip_index at the default max_vips */
 #define VIP_SLOT_EXACT 2
 #define VIP_INDEX_MULT 0x9e3779b1U
+#define FAMILY_V4 4
 #define CT_WAYS 8
 #define CT_BUCKETS 524288
 #define CT_BUCKET_SHIFT 45 /* 64 - log2(CT_BUCKETS) */
@@ -73,10 +74,11 @@ static __always_inline void count(struct counter *c, __u64 bytes)
 	}
 }
 
-/* bench/dataplane.py computes the same slot to file the VIP. */
+/* xdplb's vip_slot_of for an IPv4 TCP key, so bench/dataplane.py files the
+ * VIP with schema.vip_slot. */
 static __always_inline __u32 vip_slot_of(__be32 daddr, __be16 dport)
 {
-	__u32 x = daddr ^ dport ^ (IPPROTO_TCP << 16);
+	__u32 x = daddr ^ dport ^ (IPPROTO_TCP << 16) ^ (FAMILY_V4 << 24);
 
 	x ^= x >> 16;
 	x *= VIP_INDEX_MULT;
