@@ -203,7 +203,7 @@ class Daemon:
             self._verify(cfg)
             self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,
                                                self.program.info.id, mode)
-            loader.remove_stale_programs(self.opts.pin_dir, self.program.pin_path)
+            loader.remove_stale_pins(self.opts.pin_dir, self.program.pin_path)
         except (iface.InterfaceError, loader.LoadError, attach.AttachError, PlanError,
                 OSError) as e:
             log.error("cannot start: %s", e)

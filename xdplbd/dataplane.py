@@ -188,7 +188,8 @@ class DataPlane:
         return schema.sum_counters(raw, m.ncpu) if raw else (0, 0)
 
     def outcomes(self) -> Dict[str, Tuple[int, int]]:
-        return {name: self.counter("outcomes", i) for i, name in enumerate(schema.OUTCOMES)}
+        return schema.outcomes_from_paths(
+            [self.counter("paths", i) for i in range(len(schema.PATHS))])
 
     # --- writing -------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from . import bpfsys
 from .model import Tunables
-from .schema import MapSpec, map_specs
+from .schema import RETIRED_PINS, MapSpec, map_specs
 
 log = logging.getLogger("xdplbd")
 
@@ -206,8 +206,12 @@ def remove_pins(pin_dir: str) -> bool:
     return True
 
 
-def remove_stale_programs(pin_dir: str, keep: str) -> None:
-    """Unpin programs of older digests once the new one is attached."""
+def remove_stale_pins(pin_dir: str, keep: str) -> None:
+    """Once the new program is attached: unpin programs of older digests, and
+    maps that older builds pinned and this one no longer uses."""
     for name in pinned_programs(pin_dir):
         if name != os.path.basename(keep):
+            os.unlink(os.path.join(pin_dir, name))
+    for name in RETIRED_PINS:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))

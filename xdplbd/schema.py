@@ -40,11 +40,25 @@ _NATIVE = "<" if sys.byteorder == "little" else ">"
 _ADDR_WORDS = struct.Struct(_NATIVE + "4I")  # the data plane reads host-order words
 _PORT_HOST = struct.Struct(_NATIVE + "H")
 
-# Outcome counter indices: enum outcome in bpf/xdplb.c.
-OUTCOMES = (
-    "tx", "pass", "drop", "no_real", "ct_hit", "ct_miss", "ct_insert",
-    "icmp_routed", "fragment", "malformed",
-)
+# Path counter indices: enum path in bpf/xdplb.c. Each packet counts on one.
+PATHS = ("ct_hit", "ct_new", "no_real", "icmp_routed", "pass", "fragment", "malformed")
+# The outcomes operators read, each the sum of the paths that end that way.
+OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
+    "tx": ("ct_hit", "ct_new", "icmp_routed"),
+    "pass": ("pass", "fragment", "malformed"),
+    "drop": ("no_real",),
+    "no_real": ("no_real",),
+    "ct_hit": ("ct_hit",),
+    "ct_miss": ("ct_new", "no_real"),
+    "ct_insert": ("ct_new",),
+    "icmp_routed": ("icmp_routed",),
+    "fragment": ("fragment",),
+    "malformed": ("malformed",),
+}
+OUTCOMES = tuple(OUTCOME_PATHS)
+# Pins that older builds made and this one no longer uses; removed once the
+# new program is attached ("outcomes" became "paths").
+RETIRED_PINS = ("outcomes",)
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
 
@@ -71,7 +85,7 @@ def map_specs(t: Tunables) -> List[MapSpec]:
                 conntrack.buckets(t.conntrack_size)),
         MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
-        MapSpec("outcomes", "percpu_array", 4, COUNTER.size, len(OUTCOMES)),
+        MapSpec("paths", "percpu_array", 4, COUNTER.size, len(PATHS)),
         MapSpec("settings", "array", 4, SETTINGS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
         MapSpec("tick_cache", "percpu_array", 4, TICK_CACHE.size, 1),
@@ -206,5 +220,10 @@ def sum_counters(raw: bytes, ncpu: int) -> Tuple[int, int]:
     return packets, nbytes
 
 
-def counters_by_name(raws: Dict[int, bytes], ncpu: int) -> Dict[str, Tuple[int, int]]:
-    return {OUTCOMES[i]: sum_counters(raws[i], ncpu) for i in range(len(OUTCOMES)) if i in raws}
+def outcomes_from_paths(paths: Sequence[Tuple[int, int]]) -> Dict[str, Tuple[int, int]]:
+    """(packets, bytes) per outcome name, from the per-path counters in PATHS order."""
+    by_path = dict(zip(PATHS, paths))
+    return {
+        name: (sum(by_path[p][0] for p in parts), sum(by_path[p][1] for p in parts))
+        for name, parts in OUTCOME_PATHS.items()
+    }

@@ -163,7 +163,7 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
         flows = scan_flows(dp, live)
     vip_c = _sum_all(dp, "vip_stats")
     be_c = _sum_all(dp, "backend_stats")
-    out_c = _sum_all(dp, "outcomes")
+    outcomes = schema.outcomes_from_paths(_sum_all(dp, "paths"))
     counts = flows.counts if flows is not None else None
     vips = []
     for v in live.vips:
@@ -175,7 +175,6 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
             for b in v.backends
         )
         vips.append(VipSnap(v.key, v.id, *vip_c[v.id], reals=reals))
-    outcomes = {name: out_c[i] for i, name in enumerate(schema.OUTCOMES)}
     t1 = time.monotonic()
     return Snapshot(t1, time.time(), outcomes, tuple(vips),
                     flows.entries if flows is not None else None,

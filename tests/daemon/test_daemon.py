@@ -25,7 +25,7 @@ from tests.daemon.conftest import (
     real,
     vip4,
 )
-from xdplbd import bpfsys, loader
+from xdplbd import bpfsys, loader, schema
 from xdplbd.config import parse_config
 from xdplbd.daemon import DEBOUNCE_S
 from xdplbd.netns import in_netns
@@ -264,11 +264,19 @@ def test_changed_source_replaces_the_program_atomically(daemon: Daemon) -> None:
     shutil.copy(loader.source_path(), src)
     with open(src, "a") as f:
         f.write("\n/* a new build */\n")
+    # A map that an older build pinned and this one retired.
+    retired = os.path.join(daemon.pin_dir, schema.RETIRED_PINS[0])
+    fd = bpfsys.create_array("old_outcomes", schema.COUNTER.size, 10)
+    try:
+        bpfsys.obj_pin(fd, retired)
+    finally:
+        os.close(fd)
     daemon.start(env={"XDPLB_BPF_SOURCE": src})
     new_id = daemon.state()["prog_id"]
     assert new_id != old_id and daemon.netns.xdp_prog_id() == new_id
     assert f"replaced XDP program {old_id} with {new_id}" in daemon.read_log()
     assert len(loader.pinned_programs(daemon.pin_dir)) == 1  # the old pin is gone
+    assert not os.path.exists(retired)
 
 
 def test_kill_9_mid_apply_then_restart_converges(daemon: Daemon) -> None:

@@ -25,3 +25,20 @@ def test_backend_vip_id_reads_the_packed_record() -> None:
     raw = schema.pack_backend(ipaddress.ip_address("10.0.0.1"), "02:00:00:00:00:01", 513, 7)
     rec = schema.unpack_backend(raw)
     assert rec is not None and schema.backend_vip_id(raw) == rec.vip_id == 513
+
+
+def test_outcomes_are_sums_of_disjoint_paths() -> None:
+    # Path i carries 10**i packets, so every sum shows which paths it took.
+    paths = [(10**i, 100 * 10**i) for i in range(len(schema.PATHS))]
+    out = schema.outcomes_from_paths(paths)
+    assert tuple(out) == schema.OUTCOMES
+    by = {name: 10**i for i, name in enumerate(schema.PATHS)}
+    assert out["tx"][0] == by["ct_hit"] + by["ct_new"] + by["icmp_routed"]
+    assert out["pass"][0] == by["pass"] + by["fragment"] + by["malformed"]
+    assert out["drop"] == out["no_real"] == paths[schema.PATHS.index("no_real")]
+    assert out["ct_miss"][0] == by["ct_new"] + by["no_real"]
+    assert out["ct_insert"][0] == by["ct_new"] and out["ct_hit"][0] == by["ct_hit"]
+    # Every packet has exactly one verdict: tx, pass and drop split the paths.
+    total = sum(p for p, _ in paths)
+    assert out["tx"][0] + out["pass"][0] + out["drop"][0] == total
+    assert out["tx"][1] + out["pass"][1] + out["drop"][1] == 100 * total
