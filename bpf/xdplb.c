@@ -182,17 +182,17 @@ struct counter {
 	__u64 bytes;
 };
 
+/* Written by the control plane (xdplbd/dataplane.py set_settings). */
 struct settings {
 	__u8 lb_mac[ETH_ALEN];
 	__u8 pad[2];
 	__u64 udp_timeout_ns;
-};
-
-/* The coarse clock's tick, cached per CPU for as long as jiffies stays put
- * (see ct_now). */
-struct tick_cache {
-	__u64 jiffies;
-	__u64 tick;
+	/* The conntrack clock comes from jiffies, which the verifier inlines
+	 * to one load: jiffies * jiffy_ns - clock_offset_ns is
+	 * CLOCK_MONOTONIC_COARSE, the clock bpf_ktime_get_coarse_ns() reads,
+	 * to within a jiffy, without that helper call (xdplbd/clock.py). */
+	__u64 jiffy_ns;
+	__u64 clock_offset_ns;
 };
 
 struct ring_value {
@@ -211,8 +211,7 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counter, vip_stats, MAX_VIPS, PIN_D
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, backend_stats, MAX_REALS,
 		 PIN_DIR "/backend_stats");
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, paths, PKT_PATHS, PIN_DIR "/paths");
-BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PIN_DIR "/settings");
-BPF_TABLE_PINNED("percpu_array", u32, struct tick_cache, tick_cache, 1, PIN_DIR "/tick_cache");
+BPF_TABLE_PINNED("array", u32, struct settings, lb_settings, 1, PIN_DIR "/lb_settings");
 BPF_TABLE_PINNED("array", u32, struct vip_slot, vip_index, VIP_INDEX_SLOTS,
 		 PIN_DIR "/vip_index");
 
@@ -536,7 +535,7 @@ static __always_inline struct settings *get_settings(void)
 {
 	u32 zero = 0;
 
-	return settings.lookup(&zero);
+	return lb_settings.lookup(&zero);
 }
 
 /* A MAC address as a 4-byte and a 2-byte word. struct ethhdr is packed, so
@@ -651,27 +650,14 @@ static __always_inline __u64 ct_make(__u32 tag, __u32 id, __u32 now)
 	return tag | ((__u64)id << CT_ID_SHIFT) | ((__u64)(now & CT_TICK_MASK) << CT_SEEN_SHIFT);
 }
 
-static __always_inline __u32 coarse_tick(void)
+/* The current tick of CLOCK_MONOTONIC_COARSE, from jiffies (see struct
+ * settings). bpf_ktime_get_coarse_ns() is a helper call: 2 ns a packet; a
+ * per-CPU cache of it, refreshed once a jiffy, still cost 1 ns (measured). */
+static __always_inline __u32 ct_now(const struct settings *s)
 {
-	return (bpf_ktime_get_coarse_ns() >> CT_TICK_SHIFT) & CT_TICK_MASK;
-}
+	__u64 ns = bpf_jiffies64() * s->jiffy_ns - s->clock_offset_ns;
 
-/* The current tick. The coarse clock is a helper call (2 ns a packet,
- * measured); bpf_jiffies64 is inlined to one load but counts in HZ units we
- * do not know. So read the clock once per jiffy per CPU and cache it. */
-static __always_inline __u32 ct_now(void)
-{
-	__u64 jiffies = bpf_jiffies64();
-	u32 zero = 0;
-	struct tick_cache *c = tick_cache.lookup(&zero);
-
-	if (!c)
-		return coarse_tick();
-	if (c->jiffies != jiffies) {
-		c->jiffies = jiffies;
-		c->tick = coarse_tick();
-	}
-	return c->tick;
+	return (ns >> CT_TICK_SHIFT) & CT_TICK_MASK;
 }
 
 /* The way holding this flow's entry, or -1. */
@@ -757,7 +743,7 @@ static __always_inline int balance(struct packet *pkt)
 		return pass(pkt->len);
 	hash = flow_hash(&pkt->flow);
 	tag = ct_tag(hash);
-	now = ct_now();
+	now = ct_now(s);
 	bucket = ct_bucket_of(hash);
 	if (!bucket)
 		return pass(pkt->len);

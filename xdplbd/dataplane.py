@@ -10,7 +10,7 @@ import errno
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import bpfsys, conntrack, schema
+from . import bpfsys, clock, conntrack, schema
 from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
 from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
 
@@ -178,8 +178,8 @@ class DataPlane:
             return schema.unpack_ring(inner.lookup_array_all(), self.tunables.ring_size)
 
     def settings(self) -> Tuple[str, int]:
-        raw = self.maps["settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
-        mac, timeout_ns = schema.SETTINGS.unpack(raw[: schema.SETTINGS.size])
+        raw = self.maps["lb_settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
+        mac, timeout_ns, _jiffy, _offset = schema.SETTINGS.unpack(raw[: schema.SETTINGS.size])
         return schema.mac_str(mac), timeout_ns
 
     def counter(self, map_name: str, index: int) -> Tuple[int, int]:
@@ -194,9 +194,14 @@ class DataPlane:
     # --- writing -------------------------------------------------------------
 
     def set_settings(self, lb_mac: str, udp_timeout_s: int) -> bool:
-        """Write the settings record if it differs; returns True if written."""
-        want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), udp_timeout_s * 1_000_000_000)
-        m = self.maps["settings"]
+        """Write the settings record if it differs; returns True if written.
+
+        It carries the conntrack clock's calibration (clock.py), measured once
+        per process: the data plane's clock stays put across restarts."""
+        cal = clock.calibrate()
+        want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), udp_timeout_s * 1_000_000_000,
+                                    cal.jiffy_ns, cal.offset_ns)
+        m = self.maps["lb_settings"]
         if (m.lookup(schema.U32.pack(0)) or b"")[: len(want)] == want:
             return False
         m.update(schema.U32.pack(0), want)

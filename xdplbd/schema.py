@@ -31,10 +31,9 @@ BACKEND = struct.Struct("<6sBBII16s")  # mac, family, flags, vip_id, weight, add
 BACKEND_FLAGS_OFFSET = 7
 FLOW_KEY = struct.Struct("<16s16s2s2sBB2x")  # src, dst, sport, dport, proto, family
 COUNTER = struct.Struct("<QQ")  # packets, bytes
-SETTINGS = struct.Struct("<6s2xQ")  # lb_mac, udp_timeout_ns
+SETTINGS = struct.Struct("<6s2xQQQ")  # lb_mac, udp_timeout_ns, jiffy_ns, clock_offset_ns
 RING_VALUE = struct.Struct("<4H")
 VIP_SLOT = struct.Struct("<II20s")  # state, vip_id, vip_key
-TICK_CACHE = struct.Struct("<QQ")  # jiffies, tick (per CPU; the data plane's own)
 U32 = struct.Struct("<I")
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 _ADDR_WORDS = struct.Struct(_NATIVE + "4I")  # the data plane reads host-order words
@@ -57,8 +56,9 @@ OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
 }
 OUTCOMES = tuple(OUTCOME_PATHS)
 # Pins that older builds made and this one no longer uses; removed once the
-# new program is attached ("outcomes" became "paths").
-RETIRED_PINS = ("outcomes",)
+# new program is attached ("outcomes" became "paths", "settings" grew the
+# clock's calibration as "lb_settings" and replaced "tick_cache").
+RETIRED_PINS = ("outcomes", "settings", "tick_cache")
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
 
@@ -86,9 +86,8 @@ def map_specs(t: Tunables) -> List[MapSpec]:
         MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
         MapSpec("paths", "percpu_array", 4, COUNTER.size, len(PATHS)),
-        MapSpec("settings", "array", 4, SETTINGS.size, 1),
+        MapSpec("lb_settings", "array", 4, SETTINGS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
-        MapSpec("tick_cache", "percpu_array", 4, TICK_CACHE.size, 1),
     ]
 
 
