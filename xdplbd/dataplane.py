@@ -70,10 +70,9 @@ class DataPlane:
 
     def backend_entries(self) -> Dict[int, schema.BackendRec]:
         out = {}
-        flags_at = schema.BACKEND_FLAGS_OFFSET
         for i, raw in enumerate(self.maps["backends"].lookup_array_all()):
             # Most slots are free: test the flags byte before unpacking.
-            if i == 0 or len(raw) <= flags_at or not raw[flags_at] & schema.BACKEND_ACTIVE:
+            if i == 0 or not schema.backend_active(raw):
                 continue
             rec = schema.unpack_backend(raw)
             if rec is not None:
@@ -187,9 +186,23 @@ class DataPlane:
         raw = m.lookup(schema.U32.pack(index))
         return schema.sum_counters(raw, m.ncpu) if raw else (0, 0)
 
+    def real_counter(self, backend_id: int) -> Tuple[int, int]:
+        """A real's (packets, bytes) since it took its backend slot."""
+        p, b = self.counter("backend_stats", backend_id)
+        raw = self.maps["backend_base"].lookup(schema.U32.pack(backend_id))
+        bp, bb = schema.COUNTER.unpack_from(raw) if raw else (0, 0)
+        return p - bp, b - bb
+
+    def forwarded(self) -> Tuple[int, int]:
+        """Every packet forwarded since the maps were made: all per-real counters."""
+        m = self.maps["backend_stats"]
+        return schema.add_counters(schema.sum_counters(raw, m.ncpu)
+                                   for raw in m.lookup_array_all() if raw)
+
     def outcomes(self) -> Dict[str, Tuple[int, int]]:
+        forwarded = self.forwarded()  # before the paths: see forward() in bpf/xdplb.c
         return schema.outcomes_from_paths(
-            [self.counter("paths", i) for i in range(len(schema.PATHS))])
+            [self.counter("paths", i) for i in range(len(schema.PATHS))], forwarded)
 
     # --- writing -------------------------------------------------------------
 
@@ -370,10 +383,14 @@ class DataPlane:
 
     def apply_op(self, op: Op) -> None:
         if isinstance(op, PutBackend):
+            key = schema.U32.pack(op.backend_id)
+            if not schema.backend_active(self.maps["backends"].lookup(key)):
+                # A new real takes the slot: its counters start from here.
+                # backend_stats are never zeroed, so that their sum stays tx.
+                self.maps["backend_base"].update(
+                    key, schema.COUNTER.pack(*self.counter("backend_stats", op.backend_id)))
             self.maps["backends"].update(
-                schema.U32.pack(op.backend_id),
-                schema.pack_backend(op.ip, op.mac, op.vip_id, op.weight),
-            )
+                key, schema.pack_backend(op.ip, op.mac, op.vip_id, op.weight))
         elif isinstance(op, SwapRing):
             self._swap_ring(op.vip_id, op.table)
         elif isinstance(op, PutVip):
@@ -387,8 +404,8 @@ class DataPlane:
             self.maps["rings"].delete(schema.U32.pack(op.vip_id))
             self._zero_counter("vip_stats", op.vip_id)
         elif isinstance(op, DelBackend):
+            # Its counters stay: tx is their sum (see PutBackend).
             self.maps["backends"].update(schema.U32.pack(op.backend_id), schema.EMPTY_BACKEND)
-            self._zero_counter("backend_stats", op.backend_id)
         else:
             raise TypeError(f"unknown operation {op!r}")
         self.writes += 1

@@ -11,7 +11,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import conntrack
 from .model import PROTOCOLS, IPAddress, Tunables, VipKey
@@ -39,8 +39,9 @@ _NATIVE = "<" if sys.byteorder == "little" else ">"
 _ADDR_WORDS = struct.Struct(_NATIVE + "4I")  # the data plane reads host-order words
 _PORT_HOST = struct.Struct(_NATIVE + "H")
 
-# Path counter indices: enum path in bpf/xdplb.c. Each packet counts on one.
-PATHS = ("ct_hit", "ct_new", "no_real", "icmp_routed", "pass", "fragment", "malformed")
+# Path counter indices: enum pkt_path in bpf/xdplb.c. Each packet counts on one,
+# but a conntrack hit counts on none: "ct_hit" is derived (outcomes_from_paths).
+PATHS = ("ct_new", "no_real", "icmp_routed", "pass", "fragment", "malformed")
 # The outcomes operators read, each the sum of the paths that end that way.
 OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
     "tx": ("ct_hit", "ct_new", "icmp_routed"),
@@ -85,6 +86,7 @@ def map_specs(t: Tunables) -> List[MapSpec]:
                 conntrack.buckets(t.conntrack_size)),
         MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
+        MapSpec("backend_base", "array", 4, COUNTER.size, t.max_reals),
         MapSpec("paths", "percpu_array", 4, COUNTER.size, len(PATHS)),
         MapSpec("lb_settings", "array", 4, SETTINGS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
@@ -173,6 +175,12 @@ EMPTY_BACKEND = bytes(BACKEND.size)
 _BACKEND_VIP_ID = struct.Struct("<I")  # at offset 8 of BACKEND
 
 
+def backend_active(raw: Optional[bytes]) -> bool:
+    """Does a packed backend record (None: no record) hold a real?"""
+    return (raw is not None and len(raw) > BACKEND_FLAGS_OFFSET
+            and bool(raw[BACKEND_FLAGS_OFFSET] & BACKEND_ACTIVE))
+
+
 def backend_vip_id(raw: bytes) -> int:
     """The vip_id field of a packed backend record."""
     vip_id: int = _BACKEND_VIP_ID.unpack_from(raw, 8)[0]
@@ -219,9 +227,27 @@ def sum_counters(raw: bytes, ncpu: int) -> Tuple[int, int]:
     return packets, nbytes
 
 
-def outcomes_from_paths(paths: Sequence[Tuple[int, int]]) -> Dict[str, Tuple[int, int]]:
-    """(packets, bytes) per outcome name, from the per-path counters in PATHS order."""
+def add_counters(counters: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
+    packets = nbytes = 0
+    for p, b in counters:
+        packets += p
+        nbytes += b
+    return packets, nbytes
+
+
+def outcomes_from_paths(
+    paths: Sequence[Tuple[int, int]], forwarded: Tuple[int, int]
+) -> Dict[str, Tuple[int, int]]:
+    """(packets, bytes) per outcome name, from the per-path counters in PATHS
+    order and `forwarded`, the sum of every per-real counter (backend_stats,
+    which count every forwarded packet and are never zeroed). A conntrack hit
+    counts on its real alone, so ct_hit is what the other forwarding paths
+    leave of `forwarded`."""
     by_path = dict(zip(PATHS, paths))
+    by_path["ct_hit"] = (
+        max(0, forwarded[0] - by_path["ct_new"][0] - by_path["icmp_routed"][0]),
+        max(0, forwarded[1] - by_path["ct_new"][1] - by_path["icmp_routed"][1]),
+    )
     return {
         name: (sum(by_path[p][0] for p in parts), sum(by_path[p][1] for p in parts))
         for name, parts in OUTCOME_PATHS.items()

@@ -162,14 +162,17 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
     if scan:
         flows = scan_flows(dp, live)
     vip_c = _sum_all(dp, "vip_stats")
-    be_c = _sum_all(dp, "backend_stats")
-    outcomes = schema.outcomes_from_paths(_sum_all(dp, "paths"))
+    be_c = _sum_all(dp, "backend_stats")  # before the paths: see forward() in bpf/xdplb.c
+    outcomes = schema.outcomes_from_paths(_sum_all(dp, "paths"), schema.add_counters(be_c))
+    base = [schema.COUNTER.unpack_from(raw) if raw else (0, 0)
+            for raw in dp.maps["backend_base"].lookup_array_all()]
     counts = flows.counts if flows is not None else None
     vips = []
     for v in live.vips:
         reals = tuple(
             RealSnap(
-                b.id, str(b.ip), b.mac, b.weight, *be_c[b.id],
+                b.id, str(b.ip), b.mac, b.weight,
+                be_c[b.id][0] - base[b.id][0], be_c[b.id][1] - base[b.id][1],
                 flows=None if counts is None else counts.get(b.id, 0),
             )
             for b in v.backends

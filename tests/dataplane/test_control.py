@@ -1,12 +1,23 @@
 """The control plane's shell against real maps: read_live's reuse of decoded
-records, and new rings installed ahead in batches."""
+records, new rings installed ahead in batches, and counters that outlive
+their real."""
 
 from __future__ import annotations
 
 from typing import List
 
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
 from tests.dataplane.conftest import PIN_DIR
-from tests.dataplane.harness import TEST_TUNABLES, DataPlaneHarness, real, vip
+from tests.dataplane.harness import (
+    CLIENT_MAC,
+    LB_MAC,
+    TEST_TUNABLES,
+    DataPlaneHarness,
+    real,
+    vip,
+)
 from xdplbd import schema
 from xdplbd.dataplane import DataPlane
 from xdplbd.model import Config, Vip
@@ -81,3 +92,29 @@ def test_new_rings_go_in_ahead_in_one_batch_and_nothing_is_inconsistent(
     for op in swaps:
         assert dpx.ring(op.vip_id) == op.ring
     assert make_plan(dpx.read_live(), Config(vips=tuple(new), tunables=TEST_TUNABLES)).empty
+
+
+def test_removing_a_real_keeps_the_totals_and_its_slot_starts_again_at_zero(
+    dpx: DataPlaneHarness,
+) -> None:
+    # tx and ct_hit are sums over the per-real counters (a hit counts on its
+    # real alone), so those counters must survive their real.
+    one, two, three = (real(f"10.8.0.{i}", f"02:00:00:08:00:0{i}") for i in (1, 2, 3))
+    dpx.configure([vip("10.8.0.100", 80, "tcp", [one, two])])
+    for sport in range(1000, 1040):
+        for flags in ("S", "A", "A"):
+            frame = bytes(Ether(src=CLIENT_MAC, dst=LB_MAC) / IP(src="10.7.0.1", dst="10.8.0.100")
+                          / TCP(sport=sport, dport=80, flags=flags))
+            assert dpx.run(frame)[0] == "tx"
+    before = dpx.outcomes()
+    assert before["tx"][0] == 120 and before["ct_hit"][0] == 80 and before["ct_insert"][0] == 40
+    key = dpx.vip_entries()[0][0]
+    gone = dpx.backend_id(key, "10.8.0.2")
+    assert dpx.real_counter(gone)[0] > 0
+
+    dpx.configure([vip("10.8.0.100", 80, "tcp", [one])])
+    assert dpx.outcomes() == before
+    dpx.configure([vip("10.8.0.100", 80, "tcp", [one, three])])
+    assert dpx.backend_id(key, "10.8.0.3") == gone  # the freed slot, reused
+    assert dpx.real_counter(gone) == (0, 0)
+    assert dpx.outcomes() == before

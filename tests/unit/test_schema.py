@@ -28,17 +28,31 @@ def test_backend_vip_id_reads_the_packed_record() -> None:
 
 
 def test_outcomes_are_sums_of_disjoint_paths() -> None:
-    # Path i carries 10**i packets, so every sum shows which paths it took.
+    # Path i carries 10**i packets, so every sum shows which paths it took;
+    # 10**9 hits count only on their reals, as does every forwarded packet.
     paths = [(10**i, 100 * 10**i) for i in range(len(schema.PATHS))]
-    out = schema.outcomes_from_paths(paths)
-    assert tuple(out) == schema.OUTCOMES
     by = {name: 10**i for i, name in enumerate(schema.PATHS)}
-    assert out["tx"][0] == by["ct_hit"] + by["ct_new"] + by["icmp_routed"]
+    hits = 10**9
+    forwarded = hits + by["ct_new"] + by["icmp_routed"]
+    out = schema.outcomes_from_paths(paths, (forwarded, 100 * forwarded))
+    assert tuple(out) == schema.OUTCOMES
+    assert out["ct_hit"] == (hits, 100 * hits)
+    assert out["tx"] == (forwarded, 100 * forwarded)
     assert out["pass"][0] == by["pass"] + by["fragment"] + by["malformed"]
     assert out["drop"] == out["no_real"] == paths[schema.PATHS.index("no_real")]
     assert out["ct_miss"][0] == by["ct_new"] + by["no_real"]
-    assert out["ct_insert"][0] == by["ct_new"] and out["ct_hit"][0] == by["ct_hit"]
-    # Every packet has exactly one verdict: tx, pass and drop split the paths.
-    total = sum(p for p, _ in paths)
+    assert out["ct_insert"][0] == by["ct_new"]
+    # Every packet has exactly one verdict: tx, pass and drop split them.
+    total = hits + sum(p for p, _ in paths)
     assert out["tx"][0] + out["pass"][0] + out["drop"][0] == total
     assert out["tx"][1] + out["pass"][1] + out["drop"][1] == 100 * total
+
+
+def test_a_packet_between_two_reads_never_runs_ct_hit_ahead() -> None:
+    # The data plane counts a new flow's path before its real, and the tools
+    # read the reals first: a packet caught between shows in ct_new but not
+    # yet in tx, so ct_hit reads low (never below zero), then catches up.
+    paths = [(0, 0)] * len(schema.PATHS)
+    paths[schema.PATHS.index("ct_new")] = (1, 60)
+    assert schema.outcomes_from_paths(paths, (0, 0))["ct_hit"] == (0, 0)
+    assert schema.outcomes_from_paths(paths, (1, 60))["ct_hit"] == (0, 0)
