@@ -62,15 +62,19 @@
 #define ICMPV6_PKT_TOOBIG_T 2
 #define L4_PORTS_LEN 8 /* ICMP errors quote at least 8 bytes of L4 header */
 
-/* Path counters (index into the `paths` map). Every packet the program sees
- * that does not hit the connection table counts on exactly one: the path it
- * took. A hit counts only on its VIP and its real, which every forwarded
- * packet does: the tools derive tx as the sum of all per-real counters (the
- * control plane never zeroes them) and ct_hit as tx minus the other
- * forwarding paths, and every other outcome name operators read (pass, drop,
- * ct_miss, ...) as a sum of paths (xdplbd/schema.py, outcomes_from_paths).
- * So a hit pays for two counters, not four (2 ns a packet, measured); sums
- * of monotonic counters stay monotonic. */
+/* Counters. A forwarded packet counts on its real (backend_stats); a packet
+ * that does not hit the connection table also counts on the path it took
+ * (`paths`), and a drop for want of a real on its VIP (vip_stats). A hit, the
+ * bulk of the traffic, so pays for one counter where counting VIP, real,
+ * path and outcome cost four (3 ns a packet, measured). The tools derive
+ * the rest, and sums of counters that only grow only grow:
+ *   tx        the sum of all per-real counters (the control plane never
+ *             zeroes them; a new real's count starts from a recorded base)
+ *   ct_hit    tx minus the other forwarding paths
+ *   per VIP   its reals' counts since they joined it, plus those of reals
+ *             that left it, plus its drops (xdplbd/ledger.py)
+ * and the outcome names operators read (pass, drop, ct_miss, ...) as sums of
+ * paths (xdplbd/schema.py, outcomes_from_paths). */
 enum pkt_path {
 	PKT_CT_NEW = 0,   /* untracked: a real from the ring, tracked, forwarded */
 	PKT_NO_REAL,     /* untracked, and the VIP has no usable real: dropped */
@@ -215,9 +219,25 @@ BPF_TABLE_PINNED("array", u32, struct ct_bucket, conntrack, CT_BUCKETS,
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, vip_stats, MAX_VIPS, PIN_DIR "/vip_stats");
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, backend_stats, MAX_REALS,
 		 PIN_DIR "/backend_stats");
-/* Control plane only: backend_stats of each slot when its real took it
- * (backend_stats are never zeroed; see enum pkt_path). */
-BPF_TABLE_PINNED("array", u32, struct counter, backend_base, MAX_REALS, PIN_DIR "/backend_base");
+/* Control plane only: whose backend_stats are whose (xdplbd/ledger.py). */
+struct real_ledger {
+	__u32 vip_id;
+	__u32 state; /* free, active or retired */
+	struct counter base; /* backend_stats when this real took the slot */
+	struct counter final; /* ... and when it left */
+	__u32 retire_gen; /* its VIP's generation when it left */
+	__u32 pad;
+};
+
+struct vip_ledger {
+	struct counter departed; /* the counts of the VIP's reals that left */
+	__u32 generation; /* changes with `departed`: readers re-read */
+	__u32 pad;
+};
+
+BPF_TABLE_PINNED("array", u32, struct real_ledger, real_ledger, MAX_REALS,
+		 PIN_DIR "/real_ledger");
+BPF_TABLE_PINNED("array", u32, struct vip_ledger, vip_ledger, MAX_VIPS, PIN_DIR "/vip_ledger");
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, paths, PKT_PATHS, PIN_DIR "/paths");
 BPF_TABLE_PINNED("array", u32, struct settings, lb_settings, 1, PIN_DIR "/lb_settings");
 BPF_TABLE_PINNED("array", u32, struct vip_slot, vip_index, VIP_INDEX_SLOTS,
@@ -557,8 +577,8 @@ static __always_inline void set_mac(__u8 *dst, const __u8 *src)
 	*(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
 }
 
-static __always_inline int forward(struct packet *pkt, const struct settings *s,
-				   __u32 vip_id, __u32 id, struct backend *b, enum pkt_path path)
+static __always_inline int forward(struct packet *pkt, const struct settings *s, __u32 id,
+				   const struct backend *b, enum pkt_path path)
 {
 	struct ethhdr *eth = pkt->data;
 
@@ -571,7 +591,6 @@ static __always_inline int forward(struct packet *pkt, const struct settings *s,
 	 * and the derived ct_hit never runs ahead (xdplbd/snapshot.py). */
 	if (path != PKT_HIT)
 		count(path, pkt->len);
-	count_id(vip_stats.lookup(&vip_id), pkt->len);
 	count_id(backend_stats.lookup(&id), pkt->len);
 	return XDP_TX;
 }
@@ -736,7 +755,7 @@ static __always_inline int route_icmp_error(struct packet *pkt)
 	}
 	if (!b)
 		return pass(pkt->len);
-	return forward(pkt, s, vip_id, id, b, PKT_ICMP_ROUTED);
+	return forward(pkt, s, id, b, PKT_ICMP_ROUTED);
 }
 
 static __always_inline int balance(struct packet *pkt)
@@ -774,7 +793,7 @@ static __always_inline int balance(struct packet *pkt)
 			/* Refresh the entry's clock at most once a tick. */
 			if ((entry >> CT_SEEN_SHIFT) != now)
 				bucket->way[way] = ct_make(tag, id, now);
-			return forward(pkt, s, vip_id, id, b, PKT_HIT);
+			return forward(pkt, s, id, b, PKT_HIT);
 		}
 	}
 
@@ -788,7 +807,7 @@ static __always_inline int balance(struct packet *pkt)
 		way = ct_victim(bucket, now);
 	/* Both give a way in [0, CT_WAYS); the mask shows the verifier. */
 	bucket->way[way & (CT_WAYS - 1)] = ct_make(tag, id, now);
-	return forward(pkt, s, vip_id, id, b, PKT_CT_NEW);
+	return forward(pkt, s, id, b, PKT_CT_NEW);
 }
 
 int xdplb_main(struct xdp_md *ctx)

@@ -199,6 +199,10 @@ class Daemon:
                      self.program.digest, self.program.info.id, self.program.info.tag,
                      (time.monotonic() - t0) * 1000)
             self.dp = DataPlane(self.opts.pin_dir, cfg.tunables)
+            repaired = self.dp.repair_ledger()
+            if repaired:
+                log.info("counters: %d ledger records brought in line with the backends "
+                         "(a removal cut short, or pins from an older build)", repaired)
             self._apply(cfg, digest, "start")
             self._verify(cfg)
             self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,

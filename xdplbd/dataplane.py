@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import bpfsys, clock, conntrack, schema
+from . import bpfsys, clock, conntrack, ledger, schema
 from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
 from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
 
@@ -20,6 +21,17 @@ RING_MAP_NAME = "xdplb_ring"
 # New rings installed by one outer-map batch update (one RCU wait), at most this
 # many at a time: each holds a file descriptor until the batch is written.
 RING_BATCH = 128
+# Reads of all counters before giving up on a quiet moment between two folds
+# (ledger.py); each fold is three map writes, so one retry nearly always does.
+LEDGER_READ_TRIES = 5
+
+
+@dataclass(frozen=True)
+class Counters:
+    """(packets, bytes) by outcome name, by VIP id and by backend slot."""
+    outcomes: Dict[str, Tuple[int, int]]
+    vips: List[Tuple[int, int]]
+    reals: List[Tuple[int, int]]
 
 
 class DataPlane:
@@ -188,21 +200,52 @@ class DataPlane:
 
     def real_counter(self, backend_id: int) -> Tuple[int, int]:
         """A real's (packets, bytes) since it took its backend slot."""
-        p, b = self.counter("backend_stats", backend_id)
-        raw = self.maps["backend_base"].lookup(schema.U32.pack(backend_id))
-        bp, bb = schema.COUNTER.unpack_from(raw) if raw else (0, 0)
-        return p - bp, b - bb
+        raw = self.maps["real_ledger"].lookup(schema.U32.pack(backend_id))
+        return ledger.real_count(ledger.real_entry(raw),
+                                 self.counter("backend_stats", backend_id))
 
-    def forwarded(self) -> Tuple[int, int]:
-        """Every packet forwarded since the maps were made: all per-real counters."""
-        m = self.maps["backend_stats"]
-        return schema.add_counters(schema.sum_counters(raw, m.ncpu)
-                                   for raw in m.lookup_array_all() if raw)
+    def vip_counter(self, vip_id: int) -> Tuple[int, int]:
+        """A VIP's (packets, bytes): forwarded to its reals, and dropped."""
+        return self.counters().vips[vip_id]
+
+    def counters(self) -> Counters:
+        """Every counter the tools show, read consistently (see ledger.py)."""
+        for _ in range(LEDGER_READ_TRIES):
+            gens = [e.generation for e in self._vip_ledger()]
+            reals = [ledger.real_entry(r) for r in self.maps["real_ledger"].lookup_array_all()]
+            stats = self._sum_all("backend_stats")  # before the paths: see bpf/xdplb.c
+            drops = self._sum_all("vip_stats")
+            paths = self._sum_all("paths")
+            vips = self._vip_ledger()
+            if [e.generation for e in vips] == gens:
+                break
+        outcomes = schema.outcomes_from_paths(paths, schema.add_counters(stats))
+        reals_out = [ledger.real_count(e, st) for e, st in zip(reals, stats)]
+        return Counters(outcomes, ledger.vip_counts(reals, stats, vips, drops), reals_out)
+
+    def _vip_ledger(self) -> List[ledger.VipEntry]:
+        return [ledger.vip_entry(r) for r in self.maps["vip_ledger"].lookup_array_all()]
+
+    def _sum_all(self, name: str) -> List[Tuple[int, int]]:
+        m = self.maps[name]
+        return [schema.sum_counters(raw, m.ncpu) if raw else (0, 0)
+                for raw in m.lookup_array_all()]
+
+    def repair_ledger(self) -> int:
+        """Finish what a killed daemon left half-done (ledger.repair); returns writes."""
+        active = {i: rec.vip_id for i, rec in self.backend_entries().items()}
+        live = {vid for _key, vid, _digest in self.vip_entries()}
+        fix = ledger.repair(
+            [ledger.real_entry(r) for r in self.maps["real_ledger"].lookup_array_all()],
+            self._vip_ledger(), active, live, self._sum_all("backend_stats"))
+        for vid, ve in fix.vips.items():
+            self.maps["vip_ledger"].update(schema.U32.pack(vid), ve.pack())
+        for slot, re in fix.reals.items():
+            self.maps["real_ledger"].update(schema.U32.pack(slot), re.pack())
+        return len(fix.vips) + len(fix.reals)
 
     def outcomes(self) -> Dict[str, Tuple[int, int]]:
-        forwarded = self.forwarded()  # before the paths: see forward() in bpf/xdplb.c
-        return schema.outcomes_from_paths(
-            [self.counter("paths", i) for i in range(len(schema.PATHS))], forwarded)
+        return self.counters().outcomes
 
     # --- writing -------------------------------------------------------------
 
@@ -220,6 +263,26 @@ class DataPlane:
         m.update(schema.U32.pack(0), want)
         self.writes += 1
         return True
+
+    def _leave(self, backend_id: int, vip: Optional[VipKey]) -> None:
+        """A real has left its slot: its count goes to its VIP (ledger.py), in
+        three single-record writes, unless the VIP itself is gone."""
+        key = schema.U32.pack(backend_id)
+        entry = ledger.real_entry(self.maps["real_ledger"].lookup(key))
+        if entry.state != ledger.ACTIVE:
+            return
+        stats = self.counter("backend_stats", backend_id)
+        vkey = schema.U32.pack(entry.vip_id)
+        info = None if vip is None else self.maps["vips"].lookup(schema.pack_vip_key(vip))
+        if info is None or schema.VIP_INFO.unpack_from(info)[0] != entry.vip_id:
+            self.maps["real_ledger"].update(
+                key, ledger.free(ledger.retire(entry, stats, ledger.VipEntry())).pack())
+            return
+        owner = ledger.vip_entry(self.maps["vip_ledger"].lookup(vkey))
+        retired = ledger.retire(entry, stats, owner)
+        self.maps["real_ledger"].update(key, retired.pack())
+        self.maps["vip_ledger"].update(vkey, ledger.fold(owner, retired).pack())
+        self.maps["real_ledger"].update(key, ledger.free(retired).pack())
 
     def _zero_counter(self, map_name: str, index: int) -> None:
         m = self.maps[map_name]
@@ -385,10 +448,10 @@ class DataPlane:
         if isinstance(op, PutBackend):
             key = schema.U32.pack(op.backend_id)
             if not schema.backend_active(self.maps["backends"].lookup(key)):
-                # A new real takes the slot: its counters start from here.
-                # backend_stats are never zeroed, so that their sum stays tx.
-                self.maps["backend_base"].update(
-                    key, schema.COUNTER.pack(*self.counter("backend_stats", op.backend_id)))
+                # A new real takes the slot: its count starts from here
+                # (backend_stats are never zeroed: their sum is tx).
+                joined = ledger.join(op.vip_id, self.counter("backend_stats", op.backend_id))
+                self.maps["real_ledger"].update(key, joined.pack())
             self.maps["backends"].update(
                 key, schema.pack_backend(op.ip, op.mac, op.vip_id, op.weight))
         elif isinstance(op, SwapRing):
@@ -403,9 +466,13 @@ class DataPlane:
         elif isinstance(op, DelRing):
             self.maps["rings"].delete(schema.U32.pack(op.vip_id))
             self._zero_counter("vip_stats", op.vip_id)
+            vkey = schema.U32.pack(op.vip_id)
+            old = ledger.vip_entry(self.maps["vip_ledger"].lookup(vkey))
+            self.maps["vip_ledger"].update(vkey, ledger.reset(old).pack())
         elif isinstance(op, DelBackend):
             # Its counters stay: tx is their sum (see PutBackend).
             self.maps["backends"].update(schema.U32.pack(op.backend_id), schema.EMPTY_BACKEND)
+            self._leave(op.backend_id, op.vip)
         else:
             raise TypeError(f"unknown operation {op!r}")
         self.writes += 1

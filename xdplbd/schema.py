@@ -13,7 +13,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import conntrack
+from . import conntrack, ledger
 from .model import PROTOCOLS, IPAddress, Tunables, VipKey
 
 FAMILY_V4 = 4
@@ -59,7 +59,7 @@ OUTCOMES = tuple(OUTCOME_PATHS)
 # Pins that older builds made and this one no longer uses; removed once the
 # new program is attached ("outcomes" became "paths", "settings" grew the
 # clock's calibration as "lb_settings" and replaced "tick_cache").
-RETIRED_PINS = ("outcomes", "settings", "tick_cache")
+RETIRED_PINS = ("outcomes", "settings", "tick_cache", "backend_base")
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
 
@@ -86,7 +86,8 @@ def map_specs(t: Tunables) -> List[MapSpec]:
                 conntrack.buckets(t.conntrack_size)),
         MapSpec("vip_stats", "percpu_array", 4, COUNTER.size, t.max_vips),
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
-        MapSpec("backend_base", "array", 4, COUNTER.size, t.max_reals),
+        MapSpec("real_ledger", "array", 4, ledger.REAL_LEDGER.size, t.max_reals),
+        MapSpec("vip_ledger", "array", 4, ledger.VIP_LEDGER.size, t.max_vips),
         MapSpec("paths", "percpu_array", 4, COUNTER.size, len(PATHS)),
         MapSpec("lb_settings", "array", 4, SETTINGS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),

@@ -21,9 +21,9 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Dict, List, Optional, Tuple
+from typing import AbstractSet, Any, Dict, Optional, Tuple
 
-from . import bpfsys, conntrack, schema
+from . import bpfsys, conntrack
 from .dataplane import DataPlane
 from .model import LiveState, Tunables, VipKey
 
@@ -149,11 +149,6 @@ def scan_flows(dp: DataPlane, live: Optional[LiveState] = None) -> FlowScan:
 # --- the snapshot ----------------------------------------------------------------
 
 
-def _sum_all(dp: DataPlane, name: str) -> List[Tuple[int, int]]:
-    m = dp.maps[name]
-    return [schema.sum_counters(raw, m.ncpu) if raw else (0, 0) for raw in m.lookup_array_all()]
-
-
 def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) -> Snapshot:
     """Read every counter once. Flow counts come from `flows`, or from a fresh
     conntrack walk if `scan`; otherwise they are left out (None)."""
@@ -161,25 +156,20 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
     live = dp.read_live()
     if scan:
         flows = scan_flows(dp, live)
-    vip_c = _sum_all(dp, "vip_stats")
-    be_c = _sum_all(dp, "backend_stats")  # before the paths: see forward() in bpf/xdplb.c
-    outcomes = schema.outcomes_from_paths(_sum_all(dp, "paths"), schema.add_counters(be_c))
-    base = [schema.COUNTER.unpack_from(raw) if raw else (0, 0)
-            for raw in dp.maps["backend_base"].lookup_array_all()]
+    c = dp.counters()
     counts = flows.counts if flows is not None else None
     vips = []
     for v in live.vips:
         reals = tuple(
             RealSnap(
-                b.id, str(b.ip), b.mac, b.weight,
-                be_c[b.id][0] - base[b.id][0], be_c[b.id][1] - base[b.id][1],
+                b.id, str(b.ip), b.mac, b.weight, *c.reals[b.id],
                 flows=None if counts is None else counts.get(b.id, 0),
             )
             for b in v.backends
         )
-        vips.append(VipSnap(v.key, v.id, *vip_c[v.id], reals=reals))
+        vips.append(VipSnap(v.key, v.id, *c.vips[v.id], reals=reals))
     t1 = time.monotonic()
-    return Snapshot(t1, time.time(), outcomes, tuple(vips),
+    return Snapshot(t1, time.time(), c.outcomes, tuple(vips),
                     flows.entries if flows is not None else None,
                     dp.maps["conntrack"].info.max_entries * conntrack.WAYS, (t1 - t0) * 1000)
 

@@ -97,8 +97,8 @@ def test_new_rings_go_in_ahead_in_one_batch_and_nothing_is_inconsistent(
 def test_removing_a_real_keeps_the_totals_and_its_slot_starts_again_at_zero(
     dpx: DataPlaneHarness,
 ) -> None:
-    # tx and ct_hit are sums over the per-real counters (a hit counts on its
-    # real alone), so those counters must survive their real.
+    # A hit counts on its real alone: tx, ct_hit and the VIP's total are
+    # derived from per-real counters, which must survive their real.
     one, two, three = (real(f"10.8.0.{i}", f"02:00:00:08:00:0{i}") for i in (1, 2, 3))
     dpx.configure([vip("10.8.0.100", 80, "tcp", [one, two])])
     for sport in range(1000, 1040):
@@ -108,13 +108,20 @@ def test_removing_a_real_keeps_the_totals_and_its_slot_starts_again_at_zero(
             assert dpx.run(frame)[0] == "tx"
     before = dpx.outcomes()
     assert before["tx"][0] == 120 and before["ct_hit"][0] == 80 and before["ct_insert"][0] == 40
-    key = dpx.vip_entries()[0][0]
+    key, vid, _digest = dpx.vip_entries()[0]
+    vip_before = dpx.vip_counter(vid)
+    assert vip_before[0] == 120
     gone = dpx.backend_id(key, "10.8.0.2")
     assert dpx.real_counter(gone)[0] > 0
 
     dpx.configure([vip("10.8.0.100", 80, "tcp", [one])])
-    assert dpx.outcomes() == before
+    assert dpx.outcomes() == before and dpx.vip_counter(vid) == vip_before
     dpx.configure([vip("10.8.0.100", 80, "tcp", [one, three])])
     assert dpx.backend_id(key, "10.8.0.3") == gone  # the freed slot, reused
     assert dpx.real_counter(gone) == (0, 0)
+    assert dpx.outcomes() == before and dpx.vip_counter(vid) == vip_before
+    # A new VIP in the same id starts from nothing.
+    dpx.configure([])
+    dpx.configure([vip("10.8.0.101", 80, "tcp", [one])])
+    assert dpx.vip_entries()[0][1] == vid and dpx.vip_counter(vid) == (0, 0)
     assert dpx.outcomes() == before

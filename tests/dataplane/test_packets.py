@@ -87,7 +87,7 @@ def test_v4_syn_to_vip_is_forwarded_to_the_ring_real(lb: DataPlaneHarness) -> No
     assert got == expected_real(lb, K_TCP4, CLIENT4, 40000)
     assert lb.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
     vid = lb.vip_id(K_TCP4)
-    assert lb.counter("vip_stats", vid) == (1, len(frame))
+    assert lb.vip_counter(vid) == (1, len(frame))
     assert lb.real_counter(lb.backend_id(K_TCP4, got)) == (1, len(frame))
     entry = lookup_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40000, 80, "tcp")
     assert entry is not None and entry.backend_id == lb.backend_id(K_TCP4, got)

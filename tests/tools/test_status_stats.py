@@ -15,7 +15,7 @@ from tests.tools.conftest import (
     Driver,
     LabDaemon,
 )
-from xdplbd import bpfsys, schema
+from xdplbd import bpfsys, ledger, schema
 from xdplbd.cli import explain_data
 from xdplbd.conntrack import now_tick
 from xdplbd.dataplane import store_flow
@@ -134,14 +134,20 @@ def test_stats_json_counts_exactly_and_matches_maps(lab_daemon: LabDaemon,
     assert delta["tx"] >= 71 and delta["drop"] == 0 and delta["no_real"] == 0
     assert delta["ct_miss"] >= 13  # first frame of each new flow (more if real traffic ran)
 
-    # The same numbers as the maps themselves, read afresh (per-CPU sums).
+    # The same numbers as the maps themselves, read afresh: a VIP's total is
+    # its reals' totals, its drops (vip_stats, per-CPU sums) and the counts
+    # of reals that left it (vip_ledger).
     with d.dataplane() as dp:
         direct = stats_json(take(dp))
         for v in after["vips"]:
-            raw = dp.maps["vip_stats"].lookup(schema.U32.pack(v["vip_id"]))
+            key = schema.U32.pack(v["vip_id"])
+            raw = dp.maps["vip_stats"].lookup(key)
             assert raw is not None
-            assert schema.sum_counters(raw, dp.maps["vip_stats"].ncpu) == (v["packets"],
-                                                                            v["bytes"])
+            drops = schema.sum_counters(raw, dp.maps["vip_stats"].ncpu)
+            departed = ledger.vip_entry(dp.maps["vip_ledger"].lookup(key)).departed
+            reals = (sum(r["packets"] for r in v["reals"]), sum(r["bytes"] for r in v["reals"]))
+            assert (v["packets"], v["bytes"]) == (reals[0] + drops[0] + departed[0],
+                                                  reals[1] + drops[1] + departed[1])
     for v_cli, v_map in zip(after["vips"], direct["vips"]):
         if v_cli["vip"] == TEST_VIP:
             assert v_cli == v_map
