@@ -6,12 +6,13 @@
  *
  * It does what bpf/xdplb.c does on an established IPv4 TCP flow, with the
  * same map shapes: a direct-mapped VIP slot, a 64-byte conntrack bucket of
- * eight tagged entries, a backend record, the MAC rewrite and three per-CPU
- * counters (VIP, real, outcome). It leaves out what the real program must
- * also do: VLAN tags, IPv6, UDP and its idle timeout, ICMP errors, the SYN
- * rule, the conntrack clock and LRU refresh, the settings read, a 16-byte
- * VIP key compare and the fourth counter. On a miss it files the flow under
- * backend 1, so the first run learns the flow and every later one hits.
+ * eight tagged entries, a backend record, the MAC rewrite and one per-CPU
+ * counter (the real's, from which xdplb's tools derive the rest). It leaves
+ * out what the real program must also do: VLAN tags, IPv6, UDP and its idle
+ * timeout, ICMP errors, the SYN rule, the conntrack clock and LRU refresh,
+ * the settings read and a 16-byte VIP key compare. On a miss it files the
+ * flow under backend 1, so the first run learns the flow and every later
+ * one hits.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -30,7 +31,6 @@
 #define CT_ID_MASK 0xffffULL
 #define BACKEND_ACTIVE 1
 #define IP_FRAG_MASK 0x3fff /* MF flag and fragment offset */
-#define OUT_CT_HIT 4
 
 struct vip_slot {
 	__u32 state;
@@ -62,9 +62,7 @@ struct counter {
 BPF_ARRAY(vip_index, struct vip_slot, VIP_SLOTS);
 BPF_ARRAY(backends, struct backend, 4096);
 BPF_ARRAY(conntrack, struct ct_bucket, CT_BUCKETS);
-BPF_PERCPU_ARRAY(vip_stats, struct counter, 512);
 BPF_PERCPU_ARRAY(backend_stats, struct counter, 4096);
-BPF_PERCPU_ARRAY(outcomes, struct counter, 16);
 
 static __always_inline void count(struct counter *c, __u64 bytes)
 {
@@ -106,7 +104,7 @@ int xdp_floor(struct xdp_md *ctx)
 	struct vip_slot *vs;
 	struct backend *b;
 	struct tcphdr *tcp;
-	__u32 slot, idx, tag, id = 0, vip_id, ports, out = OUT_CT_HIT;
+	__u32 slot, idx, tag, id = 0, vip_id, ports;
 	__u64 hash;
 
 	if ((void *)(ip + 1) > data_end || eth->h_proto != htons(ETH_P_IP))
@@ -147,8 +145,6 @@ int xdp_floor(struct xdp_md *ctx)
 
 	__builtin_memcpy(eth->h_dest, b->mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, b->mac, ETH_ALEN);
-	count(vip_stats.lookup(&vip_id), len);
 	count(backend_stats.lookup(&id), len);
-	count(outcomes.lookup(&out), len);
 	return XDP_TX;
 }
