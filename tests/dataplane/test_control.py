@@ -9,15 +9,9 @@ from typing import List
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from tests.dataplane import harness
 from tests.dataplane.conftest import PIN_DIR
-from tests.dataplane.harness import (
-    CLIENT_MAC,
-    LB_MAC,
-    TEST_TUNABLES,
-    DataPlaneHarness,
-    real,
-    vip,
-)
+from tests.dataplane.harness import TEST_TUNABLES, DataPlaneHarness, real, vip
 from xdplbd import schema
 from xdplbd.dataplane import DataPlane
 from xdplbd.model import Config, Vip
@@ -103,7 +97,8 @@ def test_removing_a_real_keeps_the_totals_and_its_slot_starts_again_at_zero(
     dpx.configure([vip("10.8.0.100", 80, "tcp", [one, two])])
     for sport in range(1000, 1040):
         for flags in ("S", "A", "A"):
-            frame = bytes(Ether(src=CLIENT_MAC, dst=LB_MAC) / IP(src="10.7.0.1", dst="10.8.0.100")
+            frame = bytes(Ether(src=harness.CLIENT_MAC, dst=harness.LB_MAC)
+                          / IP(src="10.7.0.1", dst="10.8.0.100")
                           / TCP(sport=sport, dport=80, flags=flags))
             assert dpx.run(frame)[0] == "tx"
     before = dpx.outcomes()
