@@ -30,8 +30,8 @@ LEDGER_READ_TRIES = 5
 class Counters:
     """(packets, bytes) by outcome name, by VIP id and by backend slot."""
     outcomes: Dict[str, Tuple[int, int]]
-    vips: List[Tuple[int, int]]
-    reals: List[Tuple[int, int]]
+    vips: List[Tuple[int, int]]  # by VIP id
+    reals: Dict[int, Tuple[int, int]]  # by backend slot, for slots in use
 
 
 class DataPlane:
@@ -212,16 +212,18 @@ class DataPlane:
         """Every counter the tools show, read consistently (see ledger.py)."""
         for _ in range(LEDGER_READ_TRIES):
             gens = [e.generation for e in self._vip_ledger()]
-            reals = [ledger.real_entry(r) for r in self.maps["real_ledger"].lookup_array_all()]
-            stats = self._sum_all("backend_stats")  # before the paths: see bpf/xdplb.c
+            reals = ledger.entries_in_use(self.maps["real_ledger"].lookup_array_raw())
+            tx, stats = self._slot_sums("backend_stats", reals)  # before the paths: bpf/xdplb.c
             drops = self._sum_all("vip_stats")
             paths = self._sum_all("paths")
             vips = self._vip_ledger()
             if [e.generation for e in vips] == gens:
                 break
-        outcomes = schema.outcomes_from_paths(paths, schema.add_counters(stats))
-        reals_out = [ledger.real_count(e, st) for e, st in zip(reals, stats)]
-        return Counters(outcomes, ledger.vip_counts(reals, stats, vips, drops), reals_out)
+        return Counters(
+            schema.outcomes_from_paths(paths, tx),
+            ledger.vip_counts(reals, stats, vips, drops),
+            {slot: ledger.real_count(e, stats[slot]) for slot, e in reals.items()},
+        )
 
     def _vip_ledger(self) -> List[ledger.VipEntry]:
         return [ledger.vip_entry(r) for r in self.maps["vip_ledger"].lookup_array_all()]
@@ -231,13 +233,19 @@ class DataPlane:
         return [schema.sum_counters(raw, m.ncpu) if raw else (0, 0)
                 for raw in m.lookup_array_all()]
 
+    def _slot_sums(self, name: str, slots: Iterable[int]
+                   ) -> Tuple[Tuple[int, int], Dict[int, Tuple[int, int]]]:
+        """A per-CPU counter map's total over every slot, and the sums of `slots`."""
+        m = self.maps[name]
+        return schema.sum_counter_array(m.lookup_array_raw(), m.ncpu, slots)
+
     def repair_ledger(self) -> int:
         """Finish what a killed daemon left half-done (ledger.repair); returns writes."""
         active = {i: rec.vip_id for i, rec in self.backend_entries().items()}
         live = {vid for _key, vid, _digest in self.vip_entries()}
-        fix = ledger.repair(
-            [ledger.real_entry(r) for r in self.maps["real_ledger"].lookup_array_all()],
-            self._vip_ledger(), active, live, self._sum_all("backend_stats"))
+        reals = ledger.entries_in_use(self.maps["real_ledger"].lookup_array_raw())
+        _tx, stats = self._slot_sums("backend_stats", set(reals) | set(active))
+        fix = ledger.repair(reals, self._vip_ledger(), active, live, stats)
         for vid, ve in fix.vips.items():
             self.maps["vip_ledger"].update(schema.U32.pack(vid), ve.pack())
         for slot, re in fix.reals.items():

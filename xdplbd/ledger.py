@@ -27,8 +27,9 @@ Everything here is pure; xdplbd/dataplane.py does the map I/O.
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 Counter = Tuple[int, int]  # packets, bytes
 
@@ -65,6 +66,19 @@ def real_entry(raw: Optional[bytes]) -> RealEntry:
         return RealEntry()
     vip_id, state, bp, bb, fp, fb, gen = REAL_LEDGER.unpack_from(raw)
     return RealEntry(vip_id, state, (bp, bb), (fp, fb), gen)
+
+
+_WORDS_PER_RECORD = REAL_LEDGER.size // 4  # the state is word 1 of each record
+
+
+def entries_in_use(raw: bytes) -> Dict[int, RealEntry]:
+    """The records of a whole real_ledger (concatenated) that are not free, by
+    slot. Most slots are free: their state words are scanned in one pass."""
+    words = array("I")
+    words.frombytes(raw[: len(raw) - len(raw) % REAL_LEDGER.size])
+    size = REAL_LEDGER.size
+    return {slot: real_entry(raw[slot * size: (slot + 1) * size])
+            for slot, state in enumerate(words[1::_WORDS_PER_RECORD]) if state != FREE}
 
 
 def vip_entry(raw: Optional[bytes]) -> VipEntry:
@@ -122,14 +136,15 @@ def real_count(entry: RealEntry, stats: Counter) -> Counter:
 
 
 def vip_counts(
-    reals: Sequence[RealEntry], stats: Sequence[Counter], vips: Sequence[VipEntry],
+    reals: Mapping[int, RealEntry], stats: Mapping[int, Counter], vips: Sequence[VipEntry],
     drops: Sequence[Counter],
 ) -> List[Counter]:
     """Every VIP id's total: drops + departed + its reals' counts since they joined.
 
-    `reals` and `stats` are indexed by slot; `vips` and `drops` by VIP id."""
+    `reals` (the records in use) and `stats` are by slot; `vips` and `drops`
+    by VIP id."""
     totals = [_add(d, v.departed) for d, v in zip(drops, vips)]
-    for slot, e in enumerate(reals):
+    for slot, e in reals.items():
         if e.state == FREE or e.vip_id >= len(totals):
             continue
         if e.state == ACTIVE:
@@ -157,11 +172,12 @@ class Repair:
 
 
 def repair(
-    reals: Sequence[RealEntry], vips: Sequence[VipEntry], active: Dict[int, int],
-    live_vips: Set[int], stats: Sequence[Counter],
+    reals: Mapping[int, RealEntry], vips: Sequence[VipEntry], active: Mapping[int, int],
+    live_vips: Set[int], stats: Mapping[int, Counter],
 ) -> Repair:
-    """`active` maps each backend slot that holds a real to its VIP id;
-    `live_vips` are the VIP ids in use.
+    """`reals` are the records in use, by slot; `active` maps each backend slot
+    that holds a real to its VIP id; `live_vips` are the VIP ids in use;
+    `stats` has the counters of every slot in `reals` or `active`.
 
     * a real that left (a daemon killed mid-removal, or a slot that holds no
       real any more) is folded into its VIP, unless the fold is in or the VIP
@@ -175,7 +191,8 @@ def repair(
     def vip_of(vid: int) -> VipEntry:
         return new_vips.get(vid, vips[vid])
 
-    for slot, e in enumerate(reals):
+    for slot in sorted(set(reals) | set(active)):
+        e = reals.get(slot, RealEntry())
         owner = active.get(slot)
         if e.state == ACTIVE and owner == e.vip_id:
             continue

@@ -228,6 +228,18 @@ def sum_counters(raw: bytes, ncpu: int) -> Tuple[int, int]:
     return packets, nbytes
 
 
+def sum_counter_array(raw: bytes, ncpu: int, slots: Iterable[int]
+                      ) -> Tuple[Tuple[int, int], Dict[int, Tuple[int, int]]]:
+    """A whole per-CPU counter array (lookup_array_raw): the total over every
+    slot, and the per-CPU sums of `slots`. One pass in C for the total."""
+    words = array("Q")
+    words.frombytes(raw[: len(raw) - len(raw) % 8])
+    total = (sum(words[0::2]), sum(words[1::2]))
+    per = 2 * ncpu  # packets, bytes for each CPU
+    return total, {s: (sum(words[s * per: (s + 1) * per: 2]),
+                       sum(words[s * per + 1: (s + 1) * per: 2])) for s in slots}
+
+
 def add_counters(counters: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
     packets = nbytes = 0
     for p, b in counters:

@@ -162,7 +162,7 @@ def take(dp: DataPlane, flows: Optional[FlowScan] = None, scan: bool = False) ->
     for v in live.vips:
         reals = tuple(
             RealSnap(
-                b.id, str(b.ip), b.mac, b.weight, *c.reals[b.id],
+                b.id, str(b.ip), b.mac, b.weight, *c.reals.get(b.id, (0, 0)),
                 flows=None if counts is None else counts.get(b.id, 0),
             )
             for b in v.backends

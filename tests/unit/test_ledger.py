@@ -22,12 +22,13 @@ def _setup() -> Tuple[List[RealEntry], List[Counter], List[VipEntry], List[Count
 
 def _total(reals: List[RealEntry], stats: List[Counter], vips: List[VipEntry],
            drops: List[Counter]) -> Counter:
-    return ledger.vip_counts(reals, stats, vips, drops)[VIP]
+    return ledger.vip_counts(dict(enumerate(reals)), dict(enumerate(stats)), vips, drops)[VIP]
 
 
 def test_a_vip_total_is_drops_departed_and_its_reals_since_they_joined() -> None:
     reals, stats, vips, drops = _setup()
-    assert ledger.vip_counts(reals, stats, vips, drops) == [(3, 300), (2 + 100 + 20 + 7,
+    assert ledger.vip_counts(dict(enumerate(reals)), dict(enumerate(stats)), vips,
+                             drops) == [(3, 300), (2 + 100 + 20 + 7,
                                                                       200 + 10_000 + 2000 + 700)]
     assert ledger.real_count(reals[1], stats[1]) == (20, 2000)
 
@@ -55,6 +56,12 @@ def test_a_freed_vip_id_starts_from_nothing() -> None:
     assert fresh.departed == (0, 0) and fresh.generation != vips[VIP].generation
 
 
+def test_only_records_in_use_are_decoded() -> None:
+    reals, _stats, _vips, _drops = _setup()
+    raw = b"".join(e.pack() for e in reals)
+    assert ledger.entries_in_use(raw) == {1: reals[1], 2: reals[2], 3: reals[3]}
+
+
 def test_pack_round_trips() -> None:
     e = RealEntry(7, ledger.RETIRED, (1, 2), (3, 4), 9)
     assert ledger.real_entry(e.pack()) == e
@@ -65,10 +72,12 @@ def test_pack_round_trips() -> None:
 
 def _repaired(reals: List[RealEntry], vips: List[VipEntry], active: dict, live: set,
               stats: List[Counter]) -> Tuple[List[RealEntry], List[VipEntry]]:
-    fix = ledger.repair(reals, vips, active, live, stats)
+    by_slot = dict(enumerate(stats))
+    fix = ledger.repair(dict(enumerate(reals)), vips, active, live, by_slot)
     reals = [fix.reals.get(i, e) for i, e in enumerate(reals)]
     vips = [fix.vips.get(i, e) for i, e in enumerate(vips)]
-    assert ledger.repair(reals, vips, active, live, stats).reals == {}, "repair is idempotent"
+    again = ledger.repair(dict(enumerate(reals)), vips, active, live, by_slot)
+    assert again.reals == {} and again.vips == {}, "repair is idempotent"
     return reals, vips
 
 

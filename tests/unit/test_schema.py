@@ -56,3 +56,14 @@ def test_a_packet_between_two_reads_never_runs_ct_hit_ahead() -> None:
     paths[schema.PATHS.index("ct_new")] = (1, 60)
     assert schema.outcomes_from_paths(paths, (0, 0))["ct_hit"] == (0, 0)
     assert schema.outcomes_from_paths(paths, (1, 60))["ct_hit"] == (0, 0)
+
+
+def test_sum_counter_array_totals_every_slot_and_sums_the_asked_ones() -> None:
+    ncpu = 3
+    # slot s, cpu c: packets s*10 + c, bytes 100 * that
+    raw = b"".join(schema.COUNTER.pack(s * 10 + c, 100 * (s * 10 + c))
+                   for s in range(4) for c in range(ncpu))
+    total, some = schema.sum_counter_array(raw, ncpu, [1, 3])
+    every = [schema.sum_counters(raw[s * 16 * ncpu:], ncpu) for s in range(4)]
+    assert total == schema.add_counters(every)
+    assert some == {1: every[1], 3: every[3]}
