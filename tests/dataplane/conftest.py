@@ -25,7 +25,11 @@ NETNS = f"xdplbt-{os.getpid()}"
 @pytest.fixture(scope="session")
 def program() -> Iterator[loader.Program]:
     loader.remove_pins(PIN_DIR)
-    prog = loader.load(PIN_DIR, TEST_TUNABLES)
+    try:  # a build that fails to compile still leaves the pin directory made
+        prog = loader.load(PIN_DIR, TEST_TUNABLES)
+    except BaseException:
+        loader.remove_pins(PIN_DIR)
+        raise
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
         subprocess.run(
