@@ -167,7 +167,8 @@ struct addr_words {
  * written and read whole, so CPUs never see a torn entry and need no lock:
  *   bits  0-31  tag: the low half of the flow hash, never 0 (0 = empty way)
  *   bits 32-47  backend id
- *   bits 48-63  last seen, in ticks of the coarse clock, mod 2^16
+ *   bits 48-63  last seen, in ticks of 2^tick_shift jiffies (about a
+ *               second, struct settings), mod 2^16
  * The bucket comes from the high half of the 64-bit hash, so an entry
  * matches a flow only if 32 + log2(CT_BUCKETS) bits agree. A new flow takes
  * an empty way, else the least recently seen. xdplbd/conntrack.py mirrors
@@ -179,7 +180,6 @@ _Static_assert((CT_WAYS & (CT_WAYS - 1)) == 0, "a way index is masked with CT_WA
 #define CT_ID_SHIFT 32
 #define CT_ID_MASK 0xffffULL
 #define CT_SEEN_SHIFT 48
-#define CT_TICK_SHIFT 30 /* a tick is 2^30 ns, about 1.07 s */
 #define CT_TICK_MASK 0xffffU
 
 struct ct_bucket {
@@ -194,12 +194,14 @@ struct counter {
 /* Written by the control plane (xdplbd/dataplane.py set_settings). */
 struct settings {
 	__u8 lb_mac[ETH_ALEN];
-	__u8 pad[2];
+	/* The conntrack clock ticks every 2^tick_shift jiffies (about a
+	 * second): bpf_jiffies64() is one load once the verifier inlines it,
+	 * where bpf_ktime_get_coarse_ns() is a helper call. */
+	__u8 tick_shift;
+	__u8 pad;
+	__u32 udp_timeout_ticks;
+	/* For the tools (xdplbd/conntrack.py Clock), not read here. */
 	__u64 udp_timeout_ns;
-	/* The conntrack clock comes from jiffies, which the verifier inlines
-	 * to one load: jiffies * jiffy_ns - clock_offset_ns is
-	 * CLOCK_MONOTONIC_COARSE, the clock bpf_ktime_get_coarse_ns() reads,
-	 * to within a jiffy, without that helper call (xdplbd/clock.py). */
 	__u64 jiffy_ns;
 	__u64 clock_offset_ns;
 };
@@ -681,14 +683,12 @@ static __always_inline __u64 ct_make(__u32 tag, __u32 id, __u32 now)
 	return tag | ((__u64)id << CT_ID_SHIFT) | ((__u64)(now & CT_TICK_MASK) << CT_SEEN_SHIFT);
 }
 
-/* The current tick of CLOCK_MONOTONIC_COARSE, from jiffies (see struct
- * settings). bpf_ktime_get_coarse_ns() is a helper call: 2 ns a packet; a
- * per-CPU cache of it, refreshed once a jiffy, still cost 1 ns (measured). */
+/* The current tick (see struct settings). bpf_ktime_get_coarse_ns() is a
+ * helper call, 2 ns a packet; a per-CPU cache of it refreshed once a jiffy
+ * cost 1 ns, and converting jiffies to nanoseconds 0.6 (measured). */
 static __always_inline __u32 ct_now(const struct settings *s)
 {
-	__u64 ns = bpf_jiffies64() * s->jiffy_ns - s->clock_offset_ns;
-
-	return (ns >> CT_TICK_SHIFT) & CT_TICK_MASK;
+	return (bpf_jiffies64() >> s->tick_shift) & CT_TICK_MASK;
 }
 
 /* The way holding this flow's entry, or -1. */
@@ -787,7 +787,7 @@ static __always_inline int balance(struct packet *pkt)
 		id = ct_backend(entry);
 		b = backend_for(id, vip_id);
 		if (b && pkt->flow.proto == IPPROTO_UDP &&
-		    ct_age(entry, now) > (s->udp_timeout_ns >> CT_TICK_SHIFT))
+		    ct_age(entry, now) > s->udp_timeout_ticks)
 			b = NULL; /* idle too long: a new flow */
 		if (b) {
 			/* Refresh the entry's clock at most once a tick. */

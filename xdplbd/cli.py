@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from . import __version__, bpfsys, daemonize, loader, schema
+from . import __version__, bpfsys, clock, daemonize, loader, schema
 from .config import ConfigError
 from .daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
 from .model import LiveState, VipKey
@@ -269,7 +269,6 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, port: int,
                  proto: str, syn: bool) -> Dict[str, Any]:
-    from .conntrack import now_tick
     from .dataplane import lookup_flow
     from .explain import explain, infer_ring_size
 
@@ -288,8 +287,10 @@ def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, p
                 ring = ring[: infer_ring_size(ring)]  # M unknown without state.toml
         ct = lookup_flow(dp, src_ip, key.addr, sport, port, proto)
         _mac, udp_timeout_ns = dp.settings()
+        clk = dp.clock()
         d = explain(src_ip, sport, key, vip_id, ct, ring, dp.backend_entries(), syn=syn,
-                    udp_timeout_ns=udp_timeout_ns, now_tick=now_tick())
+                    udp_timeout_ticks=clk.timeout_ticks(udp_timeout_ns),
+                    now_tick=clk.tick_at(clock.coarse_ns()))
     host = f"[{src_ip}]" if src_ip.version == 6 else str(src_ip)
     return {"flow": {"src": str(src_ip), "sport": sport, "vip": str(key.addr), "port": port,
                      "protocol": proto, "syn": syn},

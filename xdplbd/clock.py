@@ -1,14 +1,15 @@
-"""The conntrack clock's calibration: jiffies to CLOCK_MONOTONIC_COARSE.
+"""The conntrack clock's calibration: jiffies and CLOCK_MONOTONIC_COARSE.
 
-The data plane stamps conntrack entries with CLOCK_MONOTONIC_COARSE ticks
-(conntrack.TICK_SHIFT). It computes the time from jiffies, which the BPF
-verifier inlines to a single load, where the coarse-clock helper is a call:
+The data plane stamps conntrack entries in ticks of 2**tick_shift jiffies:
+`bpf_jiffies64() >> tick_shift`, one load the BPF verifier inlines and a
+shift, where the coarse-clock helper is a call. Tools read the same clock
+from CLOCK_MONOTONIC_COARSE (conntrack.Clock):
 
-    ns = jiffies * jiffy_ns - clock_offset_ns
+    jiffies = (coarse_ns + offset_ns) // jiffy_ns
 
 Both clocks advance together on the timer tick, so the offset is a constant
-of the boot. This module measures the two constants; dataplane.set_settings
-writes them beside the LB's MAC.
+of the boot. This module measures jiffy_ns and the offset;
+dataplane.set_settings writes them, and the shift, beside the LB's MAC.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import bpfsys, xdp_stub
+from . import bpfsys, conntrack, xdp_stub
 
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
 BPF_FUNC_JIFFIES64 = 118  # enum bpf_func_id
@@ -87,3 +88,15 @@ def calibrate() -> Calibration:
     finally:
         os.close(fd)
     raise RuntimeError("cannot read jiffies and the coarse clock within one tick")
+
+
+@functools.lru_cache(maxsize=1)
+def local() -> conntrack.Clock:
+    """This machine's conntrack clock, as set_settings writes it for the data plane."""
+    cal = calibrate()
+    return conntrack.Clock(cal.jiffy_ns, cal.offset_ns, conntrack.tick_shift_for(cal.jiffy_ns))
+
+
+def now_tick() -> int:
+    """The data plane's current tick (to within a jiffy)."""
+    return local().tick_at(coarse_ns())

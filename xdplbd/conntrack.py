@@ -6,7 +6,8 @@ plane reads and writes it whole, without locks:
 
     bits  0-31  tag: the low half of the flow hash, with bit 0 set (0 = empty)
     bits 32-47  backend id
-    bits 48-63  last seen, in ticks of 2**30 ns (about 1.07 s), mod 2**16
+    bits 48-63  last seen, in ticks of 2**tick_shift jiffies (about a second;
+                see Clock), mod 2**16
 
 An entry stores no 5-tuple: a flow matches it when its bucket and tag agree,
 32 + log2(buckets) bits of hash. The protocol comes from the backend's VIP.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -28,8 +28,8 @@ WAYS = 8
 TAG_MASK = 0xFFFFFFFF
 ID_SHIFT, ID_MASK = 32, 0xFFFF
 SEEN_SHIFT = 48
-TICK_SHIFT = 30  # a tick is 2**30 ns
 TICK_MASK = 0xFFFF
+NS_PER_S = 1_000_000_000
 BUCKET = struct.Struct(("<" if sys.byteorder == "little" else ">") + f"{WAYS}Q")  # 64 bytes
 
 
@@ -85,30 +85,52 @@ def free_way(ways: Sequence[int], tag: int) -> int:
     return next((i for i, w in enumerate(ways) if not w), 0)
 
 
-def tick_of_ns(ns: int) -> int:
-    return (ns >> TICK_SHIFT) & TICK_MASK
+@dataclass(frozen=True)
+class Clock:
+    """The data plane's conntrack clock, as lb_settings describes it.
+
+    A tick is 2**tick_shift jiffies: the data plane computes it with one
+    inlined load and a shift. jiffies = (CLOCK_MONOTONIC_COARSE + offset_ns)
+    // jiffy_ns (xdplbd/clock.py measures the two), so tools read the same
+    clock without the data plane."""
+    jiffy_ns: int
+    offset_ns: int
+    tick_shift: int
+
+    @property
+    def tick_ns(self) -> int:
+        return self.jiffy_ns << self.tick_shift
+
+    def tick_at(self, coarse_ns: int) -> int:
+        """The tick at a CLOCK_MONOTONIC_COARSE reading."""
+        jiffies = ((coarse_ns + self.offset_ns) % 2**64) // self.jiffy_ns
+        return (jiffies >> self.tick_shift) & TICK_MASK
+
+    def timeout_ticks(self, udp_timeout_ns: int) -> int:
+        """The data plane's UDP idle limit: an entry older than this many ticks is stale."""
+        return udp_timeout_ns // self.tick_ns
 
 
-def now_tick() -> int:
-    """The data plane's clock: bpf_ktime_get_coarse_ns reads CLOCK_MONOTONIC at
-    jiffy resolution, so the two differ by at most a jiffy."""
-    return tick_of_ns(time.monotonic_ns())
+def tick_shift_for(jiffy_ns: int) -> int:
+    """The shift that makes a tick the fewest power-of-two jiffies that last a
+    second or more: 1.024 s at HZ=1000 and 250, 1.28 s at 100, 1.71 s at 300.
+    2**16 ticks then last at least 18.2 h, so no UDP timeout (18 h at most)
+    outlasts the wrap of an entry's timestamp."""
+    shift = 0
+    while jiffy_ns << shift < NS_PER_S:
+        shift += 1
+    return shift
 
 
 def age(tick: int, now: int) -> int:
     return (now - tick) & TICK_MASK
 
 
-def timeout_ticks(udp_timeout_ns: int) -> int:
-    """The data plane's UDP idle limit: an entry older than this many ticks is stale."""
-    return udp_timeout_ns >> TICK_SHIFT
+def expired(e: Entry, now: int, limit_ticks: int) -> bool:
+    return age(e.tick, now) > limit_ticks
 
 
-def expired(e: Entry, now: int, udp_timeout_ns: int) -> bool:
-    return age(e.tick, now) > timeout_ticks(udp_timeout_ns)
-
-
-def count_live(values: bytes, udp_backends: AbstractSet[int], udp_timeout_ns: int,
+def count_live(values: bytes, udp_backends: AbstractSet[int], limit_ticks: int,
                now: int) -> Tuple[Counter[int], int]:
     """Entries per backend id that the data plane would still follow, and all
     non-empty entries, in a run of packed buckets. A UDP entry (its backend
@@ -116,7 +138,7 @@ def count_live(values: bytes, udp_backends: AbstractSet[int], udp_timeout_ns: in
     words = array("Q")
     words.frombytes(values[: len(values) - len(values) % 8])  # native order, as written
     used = [w for w in words if w]
-    limit = timeout_ticks(udp_timeout_ns)
+    limit = limit_ticks
     counts: Counter[int] = Counter()
     for w in used:
         bid = (w >> ID_SHIFT) & ID_MASK

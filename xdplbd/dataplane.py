@@ -189,9 +189,19 @@ class DataPlane:
             return schema.unpack_ring(inner.lookup_array_all(), self.tunables.ring_size)
 
     def settings(self) -> Tuple[str, int]:
-        raw = self.maps["lb_settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
-        mac, timeout_ns, _jiffy, _offset = schema.SETTINGS.unpack(raw[: schema.SETTINGS.size])
+        mac, _shift, _ticks, timeout_ns, _jiffy, _offset = self._settings_record()
         return schema.mac_str(mac), timeout_ns
+
+    def clock(self) -> conntrack.Clock:
+        """The data plane's conntrack clock (this machine's, if no settings yet)."""
+        _mac, shift, _ticks, _timeout, jiffy_ns, offset = self._settings_record()
+        return conntrack.Clock(jiffy_ns, offset, shift) if jiffy_ns else clock.local()
+
+    def _settings_record(self) -> Tuple[bytes, int, int, int, int, int]:
+        raw = self.maps["lb_settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
+        mac, shift, ticks, timeout_ns, jiffy_ns, offset = schema.SETTINGS.unpack(
+            raw[: schema.SETTINGS.size])
+        return mac, shift, ticks, timeout_ns, jiffy_ns, offset
 
     def counter(self, map_name: str, index: int) -> Tuple[int, int]:
         m = self.maps[map_name]
@@ -260,11 +270,13 @@ class DataPlane:
     def set_settings(self, lb_mac: str, udp_timeout_s: int) -> bool:
         """Write the settings record if it differs; returns True if written.
 
-        It carries the conntrack clock's calibration (clock.py), measured once
-        per process: the data plane's clock stays put across restarts."""
-        cal = clock.calibrate()
-        want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), udp_timeout_s * 1_000_000_000,
-                                    cal.jiffy_ns, cal.offset_ns)
+        It carries the conntrack clock (clock.py), measured once per process:
+        the data plane's clock stays put across restarts."""
+        clk = clock.local()
+        timeout_ns = udp_timeout_s * 1_000_000_000
+        want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), clk.tick_shift,
+                                    clk.timeout_ticks(timeout_ns), timeout_ns,
+                                    clk.jiffy_ns, clk.offset_ns)
         m = self.maps["lb_settings"]
         if (m.lookup(schema.U32.pack(0)) or b"")[: len(want)] == want:
             return False

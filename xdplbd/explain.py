@@ -62,7 +62,7 @@ def explain(
     backends: Mapping[int, schema.BackendRec],
     *,
     syn: bool = False,
-    udp_timeout_ns: int = 0,
+    udp_timeout_ticks: int = 0,
     now_tick: int = 0,
 ) -> Decision:
     """The decision for the next packet of flow src:sport -> key (a SYN if `syn`)."""
@@ -77,7 +77,7 @@ def explain(
         b = _usable(backends, ct.backend_id, vip_id)
         if b is None:
             ct_state = "stale"
-        elif key.proto == "udp" and conntrack.expired(ct, now_tick, udp_timeout_ns):
+        elif key.proto == "udp" and conntrack.expired(ct, now_tick, udp_timeout_ticks):
             ct_state = "expired"
         else:
             return Decision(

@@ -31,7 +31,8 @@ BACKEND = struct.Struct("<6sBBII16s")  # mac, family, flags, vip_id, weight, add
 BACKEND_FLAGS_OFFSET = 7
 FLOW_KEY = struct.Struct("<16s16s2s2sBB2x")  # src, dst, sport, dport, proto, family
 COUNTER = struct.Struct("<QQ")  # packets, bytes
-SETTINGS = struct.Struct("<6s2xQQQ")  # lb_mac, udp_timeout_ns, jiffy_ns, clock_offset_ns
+# lb_mac, tick_shift, udp_timeout_ticks, udp_timeout_ns, jiffy_ns, clock_offset_ns
+SETTINGS = struct.Struct("<6sBxI4xQQQ")
 RING_VALUE = struct.Struct("<4H")
 VIP_SLOT = struct.Struct("<II20s")  # state, vip_id, vip_key
 U32 = struct.Struct("<I")

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Dict, Optional, Tuple
 
-from . import bpfsys, conntrack
+from . import bpfsys, clock, conntrack
 from .dataplane import DataPlane
 from .model import LiveState, Tunables, VipKey
 
@@ -115,23 +115,22 @@ class FlowScan:
     ms: float  # what it cost
 
 
-def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ns: int,
-                now_tick: Optional[int] = None) -> FlowScan:
+def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ticks: int,
+                now_tick: int) -> FlowScan:
     """Walk conntrack once and count the entries the data plane would still follow.
 
-    A UDP entry (its backend serves a UDP VIP) idle past `udp_timeout_ns` is not
-    counted. The table is an array, so the walk reads every bucket, used or not:
-    about 8 MB and a few tens of ms per million entries.
+    A UDP entry (its backend serves a UDP VIP) idle past `udp_timeout_ticks` is
+    not counted. The table is an array, so the walk reads every bucket, used or
+    not: about 8 MB and a few tens of ms per million entries.
     """
     t0 = time.monotonic()
     if m.read_size != conntrack.BUCKET.size:
         raise ValueError(f"map {m.name}: value size {m.read_size}, "
                          f"expected {conntrack.BUCKET.size}")
-    now = conntrack.now_tick() if now_tick is None else now_tick
     counts: Counter[int] = Counter()
     total = 0
     for _keys, values, _n in m.batches(SCAN_CHUNK):
-        c, used = conntrack.count_live(values, udp_backends, udp_timeout_ns, now)
+        c, used = conntrack.count_live(values, udp_backends, udp_timeout_ticks, now_tick)
         counts.update(c)
         total += used
     t1 = time.monotonic()
@@ -141,9 +140,11 @@ def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ns: i
 def scan_flows(dp: DataPlane, live: Optional[LiveState] = None) -> FlowScan:
     """Count the live flows; `live` saves re-reading the maps when the caller has it."""
     _mac, udp_timeout_ns = dp.settings()
+    clk = dp.clock()
     vips = (live or dp.read_live()).vips
     udp = {b.id for v in vips if v.key.proto == "udp" for b in v.backends}
-    return count_flows(dp.maps["conntrack"], udp, udp_timeout_ns)
+    return count_flows(dp.maps["conntrack"], udp, clk.timeout_ticks(udp_timeout_ns),
+                       clk.tick_at(clock.coarse_ns()))
 
 
 # --- the snapshot ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from tests.dataplane.harness import (
     vip,
 )
 from xdplbd import schema
-from xdplbd.conntrack import now_tick
+from xdplbd.clock import now_tick
 from xdplbd.dataplane import lookup_flow, store_flow
 from xdplbd.flowhash import ring_slot
 from xdplbd.model import VipKey

@@ -146,12 +146,12 @@ def test_explain_branches() -> None:
         d = explain(SRC, 1000, K, 7, Entry(1, stale, 0), RING, b)
         assert (d.reason, d.conntrack, d.real) == ("ring", "stale", ring_real)
     ku = VipKey(K.addr, 53, "udp")
-    now = 5  # ticks of ~1.07 s; ages wrap at 2**16, so "5 - 30" is 30 ticks ago
+    now = 5  # ticks of about a second; ages wrap at 2**16, so "5 - 30" is 30 ticks ago
     fresh = explain(SRC, 1000, ku, 7, Entry(1, other, now - 1), RING, b,
-                    udp_timeout_ns=30 * 10**9, now_tick=now)
+                    udp_timeout_ticks=29, now_tick=now)
     assert fresh.reason == "conntrack"
     idle = explain(SRC, 1000, ku, 7, Entry(1, other, (now - 30) & 0xFFFF), RING, b,
-                   udp_timeout_ns=30 * 10**9, now_tick=now)
+                   udp_timeout_ticks=29, now_tick=now)
     assert (idle.reason, idle.conntrack) == ("ring", "expired")
     # A slot with no usable real drops; so does a VIP without a ring.
     d = explain(SRC, 1000, K, 7, None, (0,) * 97, b)
@@ -328,10 +328,10 @@ def test_conntrack_walk_counts_live_entries(ct_map: bpfsys.Map) -> None:
             want[bid] = want.get(bid, 0) + 1
     for i, ways in enumerate(buckets):
         ct_map.update(schema.U32.pack(i), conntrack.BUCKET.pack(*ways))
-    scan = count_flows(ct_map, udp_backends, 30 * 10**9, now_tick=now)
+    scan = count_flows(ct_map, udp_backends, 29, now_tick=now)
     assert scan.entries == 300 and scan.counts == want
     # No UDP backends: every entry counts.
-    assert count_flows(ct_map, set(), 30 * 10**9, now_tick=now).counts[3] == 75
+    assert count_flows(ct_map, set(), 29, now_tick=now).counts[3] == 75
 
 
 def test_conntrack_layout_round_trips_and_ages_wrap() -> None:

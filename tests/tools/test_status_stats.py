@@ -17,7 +17,7 @@ from tests.tools.conftest import (
 )
 from xdplbd import bpfsys, ledger, schema
 from xdplbd.cli import explain_data
-from xdplbd.conntrack import now_tick
+from xdplbd.clock import now_tick
 from xdplbd.dataplane import store_flow
 from xdplbd.model import VipKey
 from xdplbd.snapshot import stats_json, take

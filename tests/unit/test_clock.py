@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdplbd import clock
+from xdplbd import clock, conntrack
 
 U32 = 1 << 32
 
@@ -26,3 +26,27 @@ def test_the_offset_maps_jiffies_onto_the_coarse_clock() -> None:
     offset = clock.offset_for(jiffies, jiffy, coarse)
     later = jiffies + 250  # one second of HZ=250 ticks
     assert (later * jiffy - offset) % 2**64 == coarse + 250 * jiffy
+
+
+@pytest.mark.parametrize("hz, shift, tick_s", [(1000, 10, 1.024), (250, 8, 1.024),
+                                               (100, 7, 1.28), (300, 9, 1.707)])
+def test_a_tick_is_the_fewest_power_of_two_jiffies_of_a_second(hz: int, shift: int,
+                                                              tick_s: float) -> None:
+    jiffy = (10**9 + hz // 2) // hz  # the kernel's TICK_NSEC
+    assert conntrack.tick_shift_for(jiffy) == shift
+    clk = conntrack.Clock(jiffy, 0, shift)
+    assert clk.tick_ns >= 10**9 and clk.tick_ns / 1e9 == pytest.approx(tick_s, abs=0.001)
+    assert clk.timeout_ticks(30 * 10**9) == int(30e9 // clk.tick_ns)
+    # An entry's timestamp wraps after 2**16 ticks: later than the 18 h cap.
+    assert clk.timeout_ticks(18 * 3600 * 10**9) < 2**16
+
+
+def test_the_tools_tick_is_the_data_planes() -> None:
+    # jiffies = (coarse + offset) / jiffy; the data plane's tick is jiffies >> shift.
+    jiffy, shift = 4_000_000, 8
+    jiffies = U32 + 123_456
+    coarse = 10**12
+    offset = clock.offset_for(jiffies, jiffy, coarse)
+    clk = conntrack.Clock(jiffy, offset, shift)
+    for later in (0, 1, 255, 256, 10**6):
+        assert clk.tick_at(coarse + later * jiffy) == ((jiffies + later) >> shift) & 0xFFFF
