@@ -76,7 +76,7 @@
  * and the outcome names operators read (pass, drop, ct_miss, ...) as sums of
  * paths (xdplbd/schema.py, outcomes_from_paths). */
 enum pkt_path {
-	PKT_CT_NEW = 0,   /* untracked: a real from the ring, tracked, forwarded */
+	PKT_CT_NEW = 0,  /* untracked: a real from the ring, tracked, forwarded */
 	PKT_NO_REAL,     /* untracked, and the VIP has no usable real: dropped */
 	PKT_ICMP_ROUTED, /* ICMP error about a VIP flow, forwarded to its real */
 	PKT_PASS,        /* not for a VIP: passed */
