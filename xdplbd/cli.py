@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from . import __version__, bpfsys, clock, daemonize, loader, schema
+from . import __version__, bpfsys, daemonize, loader, schema
 from .config import ConfigError
 from .daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
 from .model import LiveState, VipKey
@@ -286,11 +286,9 @@ def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, p
             if ring is not None and not isinstance(state.get("tunables"), dict):
                 ring = ring[: infer_ring_size(ring)]  # M unknown without state.toml
         ct = lookup_flow(dp, src_ip, key.addr, sport, port, proto)
-        _mac, udp_timeout_ns = dp.settings()
-        clk = dp.clock()
+        now, udp_limit = dp.ct_time()
         d = explain(src_ip, sport, key, vip_id, ct, ring, dp.backend_entries(), syn=syn,
-                    udp_timeout_ticks=clk.timeout_ticks(udp_timeout_ns),
-                    now_tick=clk.tick_at(clock.coarse_ns()))
+                    udp_timeout_ticks=udp_limit, now_tick=now)
     host = f"[{src_ip}]" if src_ip.version == 6 else str(src_ip)
     return {"flow": {"src": str(src_ip), "sport": sport, "vip": str(key.addr), "port": port,
                      "protocol": proto, "syn": syn},

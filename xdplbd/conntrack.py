@@ -138,11 +138,10 @@ def count_live(values: bytes, udp_backends: AbstractSet[int], limit_ticks: int,
     words = array("Q")
     words.frombytes(values[: len(values) - len(values) % 8])  # native order, as written
     used = [w for w in words if w]
-    limit = limit_ticks
     counts: Counter[int] = Counter()
     for w in used:
         bid = (w >> ID_SHIFT) & ID_MASK
-        if bid in udp_backends and age(w >> SEEN_SHIFT, now) > limit:
+        if bid in udp_backends and age(w >> SEEN_SHIFT, now) > limit_ticks:
             continue
         counts[bid] += 1
     return counts, len(used)

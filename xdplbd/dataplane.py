@@ -192,10 +192,12 @@ class DataPlane:
         mac, _shift, _ticks, timeout_ns, _jiffy, _offset = self._settings_record()
         return schema.mac_str(mac), timeout_ns
 
-    def clock(self) -> conntrack.Clock:
-        """The data plane's conntrack clock (this machine's, if no settings yet)."""
-        _mac, shift, _ticks, _timeout, jiffy_ns, offset = self._settings_record()
-        return conntrack.Clock(jiffy_ns, offset, shift) if jiffy_ns else clock.local()
+    def ct_time(self) -> Tuple[int, int]:
+        """The data plane's conntrack tick now and its UDP idle limit in ticks,
+        both from lb_settings (this machine's clock if it was never written)."""
+        _mac, shift, limit, _timeout, jiffy_ns, offset = self._settings_record()
+        clk = conntrack.Clock(jiffy_ns, offset, shift) if jiffy_ns else clock.local()
+        return clk.tick_at(clock.coarse_ns()), limit
 
     def _settings_record(self) -> Tuple[bytes, int, int, int, int, int]:
         raw = self.maps["lb_settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)

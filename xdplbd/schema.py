@@ -59,7 +59,8 @@ OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
 OUTCOMES = tuple(OUTCOME_PATHS)
 # Pins that older builds made and this one no longer uses; removed once the
 # new program is attached ("outcomes" became "paths", "settings" grew the
-# clock's calibration as "lb_settings" and replaced "tick_cache").
+# clock as "lb_settings", which made "tick_cache" useless, and "backend_base"
+# became "real_ledger").
 RETIRED_PINS = ("outcomes", "settings", "tick_cache", "backend_base")
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
@@ -239,14 +240,6 @@ def sum_counter_array(raw: bytes, ncpu: int, slots: Iterable[int]
     per = 2 * ncpu  # packets, bytes for each CPU
     return total, {s: (sum(words[s * per: (s + 1) * per: 2]),
                        sum(words[s * per + 1: (s + 1) * per: 2])) for s in slots}
-
-
-def add_counters(counters: Iterable[Tuple[int, int]]) -> Tuple[int, int]:
-    packets = nbytes = 0
-    for p, b in counters:
-        packets += p
-        nbytes += b
-    return packets, nbytes
 
 
 def outcomes_from_paths(

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Dict, Optional, Tuple
 
-from . import bpfsys, clock, conntrack
+from . import bpfsys, conntrack
 from .dataplane import DataPlane
 from .model import LiveState, Tunables, VipKey
 
@@ -139,12 +139,10 @@ def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ticks
 
 def scan_flows(dp: DataPlane, live: Optional[LiveState] = None) -> FlowScan:
     """Count the live flows; `live` saves re-reading the maps when the caller has it."""
-    _mac, udp_timeout_ns = dp.settings()
-    clk = dp.clock()
+    now, udp_limit = dp.ct_time()
     vips = (live or dp.read_live()).vips
     udp = {b.id for v in vips if v.key.proto == "udp" for b in v.backends}
-    return count_flows(dp.maps["conntrack"], udp, clk.timeout_ticks(udp_timeout_ns),
-                       clk.tick_at(clock.coarse_ns()))
+    return count_flows(dp.maps["conntrack"], udp, udp_limit, now)
 
 
 # --- the snapshot ----------------------------------------------------------------
