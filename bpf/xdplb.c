@@ -264,16 +264,16 @@ static __always_inline void count(enum pkt_path p, __u64 bytes)
 	}
 }
 
-static __always_inline int pass(__u64 bytes)
+/* XDP_PASS, counted on the path that led there. */
+static __always_inline int pass_as(enum pkt_path path, __u64 bytes)
 {
-	count(PKT_PASS, bytes);
+	count(path, bytes);
 	return XDP_PASS;
 }
 
-static __always_inline int pass_malformed(__u64 bytes)
+static __always_inline int pass(__u64 bytes)
 {
-	count(PKT_MALFORMED, bytes);
-	return XDP_PASS;
+	return pass_as(PKT_PASS, bytes);
 }
 
 /* The flow hash: the flow key's five 64-bit words (host order) in a
@@ -854,10 +854,9 @@ int xdplb_main(struct xdp_md *ctx)
 	case PARSE_ICMP_ERROR:
 		return route_icmp_error(&pkt);
 	case PARSE_FRAGMENT:
-		count(PKT_FRAGMENT, pkt.len);
-		return XDP_PASS;
+		return pass_as(PKT_FRAGMENT, pkt.len);
 	case PARSE_MALFORMED:
-		return pass_malformed(pkt.len);
+		return pass_as(PKT_MALFORMED, pkt.len);
 	default:
 		return pass(pkt.len);
 	}
