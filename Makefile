@@ -17,12 +17,13 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check xdplbd tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) -m bench
 
 demo: setup
-	$(PY) -m xdplbd.demo
+	$(PY) -m xdplbd.lab.demo
 
 # install/uninstall do not run the dev set-up: they install only what xdplbd
 # needs at run time (scripts/install.sh, docs/install.md). Idempotent.

@@ -16,11 +16,11 @@ import time
 from typing import Any, Dict, List, Tuple
 
 from tests.daemon.conftest import Daemon, Netns
-from xdplbd import schema
-from xdplbd.config import parse_config
-from xdplbd.dataplane import DataPlane
-from xdplbd.model import Tunables
-from xdplbd.plan import desired_digest
+from xdplbd.core import schema
+from xdplbd.core.config import parse_config
+from xdplbd.core.model import Tunables
+from xdplbd.core.plan import desired_digest
+from xdplbd.kernel.dataplane import DataPlane
 
 EDITS = 50
 BIG = Tunables(max_vips=1024, max_reals=32768, conntrack_size=65536)

@@ -41,11 +41,12 @@ from typing import Callable, Dict, List, Tuple
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from xdplbd import bpfsys, iface, loader, schema, xdp_stub
-from xdplbd.dataplane import DataPlane
-from xdplbd.model import Config, Real, Tunables, Vip, VipKey
-from xdplbd.netns import in_netns
-from xdplbd.plan import make_plan
+from xdplbd.core import schema
+from xdplbd.core.model import Config, Real, Tunables, Vip, VipKey
+from xdplbd.core.plan import make_plan
+from xdplbd.kernel import iface, libbpf, loader
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.netns import in_netns
 
 TRIVIAL_SRC = b"""
 #include <uapi/linux/bpf.h>
@@ -177,13 +178,13 @@ def _compile_floor(frame: bytes) -> Tuple[object, int]:
     real = ipaddress.ip_address("10.3.0.10")
     backends[ctypes.c_int(FLOOR_REAL_ID)] = backends.Leaf.from_buffer_copy(
         schema.pack_backend(real, "02:00:00:03:00:00", vip_id, 1))
-    r = bpfsys.test_run(fd, frame)
+    r = libbpf.test_run(fd, frame)
     assert r.retval == XDP_TX, f"floor program returned {r.retval}, not XDP_TX"
     return b, fd
 
 
 def _ns(fd: int, frame: bytes, repeat: int = REPEAT) -> float:
-    return float(bpfsys.test_run(fd, frame, repeat=repeat).duration_ns)
+    return float(libbpf.test_run(fd, frame, repeat=repeat).duration_ns)
 
 
 ONE_RUN_SAMPLES = 3000
@@ -197,13 +198,13 @@ def _one_run_ratio(fd: int, trivial: int, frame: bytes) -> float:
     """
     ours, base = [], []
     for _ in range(ONE_RUN_SAMPLES):
-        ours.append(bpfsys.test_run(fd, frame).duration_ns)
-        base.append(bpfsys.test_run(trivial, frame).duration_ns)
+        ours.append(libbpf.test_run(fd, frame).duration_ns)
+        base.append(libbpf.test_run(trivial, frame).duration_ns)
     return statistics.median(ours) / max(1.0, statistics.median(base))
 
 
 def _new_flow_ns(fd: int, frame: bytes) -> float:
-    r = bpfsys.test_run(fd, frame, repeat=NEW_FLOW_REPEAT)
+    r = libbpf.test_run(fd, frame, repeat=NEW_FLOW_REPEAT)
     assert r.retval == XDP_TX, f"new-flow wrapper returned {r.retval}: did the tail call fail?"
     return float(r.duration_ns)
 
@@ -220,7 +221,7 @@ def _median_interleaved(fns: List[Callable[[], float]]) -> List[float]:
 def _ring_memlock(dp: DataPlane, vip_id: int) -> int:
     raw = dp.maps["rings"].lookup(schema.U32.pack(vip_id))
     assert raw is not None
-    fd = bpfsys.map_fd_by_id(schema.U32.unpack(raw[:4])[0])
+    fd = libbpf.map_fd_by_id(schema.U32.unpack(raw[:4])[0])
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
             for line in f:
@@ -239,7 +240,7 @@ def _xdp_md(ifindex: int, frame_len: int) -> bytes:
 
 def _live_pps(fd: int, frame: bytes, ifindex: int) -> float:
     t0 = time.perf_counter()
-    bpfsys.test_run(fd, frame, repeat=LIVE_PACKETS, flags=bpfsys.BPF_F_TEST_XDP_LIVE_FRAMES,
+    libbpf.test_run(fd, frame, repeat=LIVE_PACKETS, flags=libbpf.BPF_F_TEST_XDP_LIVE_FRAMES,
                     ctx=_xdp_md(ifindex, len(frame)))
     return LIVE_PACKETS / (time.perf_counter() - t0)
 
@@ -263,8 +264,8 @@ def run() -> Dict[str, object]:
         dp.set_settings(LB_MAC, t.udp_timeout)
         frames = _frames()
         # Warm the conntrack so "established ACK" is a hit on every repeat.
-        bpfsys.test_run(prog.fd, frames["established ACK"])
-        bpfsys.test_run(prog.fd, frames["UDP to VIP"])
+        libbpf.test_run(prog.fd, frames["established ACK"])
+        libbpf.test_run(prog.fd, frames["UDP to VIP"])
 
         for a, b in (("b0", "b1"), ("b2", "b3"), ("b4", "b5")):
             subprocess.run(["ip", "-n", netns, "link", "add", a, "type", "veth", "peer", "name",
@@ -276,11 +277,11 @@ def run() -> Dict[str, object]:
             # Keep both programs in the XDP dispatcher (see the module doc), and
             # give b0's peer an XDP program: veth delivers XDP_TX frames only to
             # a peer that has one.
-            bpfsys.xdp_attach(b0, prog.fd, "native")
-            bpfsys.xdp_attach(iface.ifindex("b2"), trivial, "native")
-            bpfsys.xdp_attach(iface.ifindex("b4"), floor_fd, "native")
-            stub = xdp_stub.load(xdp_stub.XDP_DROP)
-            xdp_stub.attach(iface.ifindex("b1"), stub)
+            libbpf.xdp_attach(b0, prog.fd, "native")
+            libbpf.xdp_attach(iface.ifindex("b2"), trivial, "native")
+            libbpf.xdp_attach(iface.ifindex("b4"), floor_fd, "native")
+            stub = libbpf.load_stub(libbpf.XDP_DROP)
+            libbpf.xdp_attach(iface.ifindex("b1"), stub, "native", exclusive=False)
             os.close(stub)
 
             results: List[Result] = []
@@ -302,7 +303,7 @@ def run() -> Dict[str, object]:
             # each new flow also evicts one, as on a busy LB.
             syn = frames["SYN to VIP"]
             wrapper, to_prog, to_trivial = _compile_new_flow(prog.fd, trivial)
-            bpfsys.test_run(to_prog, syn, repeat=t.conntrack_size)
+            libbpf.test_run(to_prog, syn, repeat=t.conntrack_size)
             w_ours, w_base, base = _median_interleaved([lambda: _new_flow_ns(to_prog, syn),
                                                         lambda: _new_flow_ns(to_trivial, syn),
                                                         lambda: _ns(trivial, syn)])

@@ -8,9 +8,9 @@
  * the real answers the client directly. Everything else is XDP_PASS,
  * byte-for-byte unchanged.
  *
- * Compiled by BCC from xdplbd/loader.py, which passes the map sizes and the
+ * Compiled by BCC from xdplbd/kernel/loader.py, which passes the map sizes and the
  * pin directory as -D flags (see the defaults below). Struct layouts are
- * mirrored in xdplbd/schema.py: change both together.
+ * mirrored in xdplbd/core/schema.py: change both together.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -72,9 +72,9 @@
  *             zeroes them; a new real's count starts from a recorded base)
  *   ct_hit    tx minus the other forwarding paths
  *   per VIP   its reals' counts since they joined it, plus those of reals
- *             that left it, plus its drops (xdplbd/ledger.py)
+ *             that left it, plus its drops (xdplbd/core/ledger.py)
  * and the outcome names operators read (pass, drop, ct_miss, ...) as sums of
- * paths (xdplbd/schema.py, outcomes_from_paths). */
+ * paths (xdplbd/core/schema.py, outcomes_from_paths). */
 enum pkt_path {
 	PKT_CT_NEW = 0,  /* untracked: a real from the ring, tracked, forwarded */
 	PKT_NO_REAL,     /* untracked, and the VIP has no usable real: dropped */
@@ -171,7 +171,7 @@ struct addr_words {
  *               second, struct settings), mod 2^16
  * The bucket comes from the high half of the 64-bit hash, so an entry
  * matches a flow only if 32 + log2(CT_BUCKETS) bits agree. A new flow takes
- * an empty way, else the least recently seen. xdplbd/conntrack.py mirrors
+ * an empty way, else the least recently seen. xdplbd/core/conntrack.py mirrors
  * this layout. */
 #define CT_WAYS 8
 #define CT_BUCKETS ((CT_SIZE + CT_WAYS - 1) / CT_WAYS)
@@ -191,7 +191,7 @@ struct counter {
 	__u64 bytes;
 };
 
-/* Written by the control plane (xdplbd/dataplane.py set_settings). */
+/* Written by the control plane (xdplbd/kernel/dataplane.py set_settings). */
 struct settings {
 	__u8 lb_mac[ETH_ALEN];
 	/* The conntrack clock ticks every 2^tick_shift jiffies (about a
@@ -200,7 +200,7 @@ struct settings {
 	__u8 tick_shift;
 	__u8 pad;
 	__u32 udp_timeout_ticks;
-	/* For the tools (xdplbd/conntrack.py Clock), not read here. */
+	/* For the tools (xdplbd/core/conntrack.py Clock), not read here. */
 	__u64 udp_timeout_ns;
 	__u64 jiffy_ns;
 	__u64 clock_offset_ns;
@@ -221,7 +221,7 @@ BPF_TABLE_PINNED("array", u32, struct ct_bucket, conntrack, CT_BUCKETS,
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, vip_stats, MAX_VIPS, PIN_DIR "/vip_stats");
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, backend_stats, MAX_REALS,
 		 PIN_DIR "/backend_stats");
-/* Control plane only: whose backend_stats are whose (xdplbd/ledger.py). */
+/* Control plane only: whose backend_stats are whose (xdplbd/core/ledger.py). */
 struct real_ledger {
 	__u32 vip_id;
 	__u32 state; /* free, active or retired */
@@ -280,7 +280,7 @@ static __always_inline int pass(__u64 bytes)
  * multiply-add sum, then the MurmurHash3 64-bit finalizer. The products are
  * independent, so it costs about one multiply chain, not ten. The low half
  * picks the ring slot and is the conntrack tag; the high half picks the
- * conntrack bucket. xdplbd/flowhash.py computes the same values. */
+ * conntrack bucket. xdplbd/core/flowhash.py computes the same values. */
 #define FLOW_HASH_SEED 0x9747b28cULL
 
 static const __u64 flow_hash_primes[FLOW_KEY_QWORDS] = {
@@ -590,7 +590,7 @@ static __always_inline int forward(struct packet *pkt, const struct settings *s,
 	set_mac(eth->h_source, s->lb_mac);
 	/* The path before the real: the tools read the reals first, so a
 	 * packet between the two reads is missing from tx, never from its path,
-	 * and the derived ct_hit never runs ahead (xdplbd/snapshot.py). */
+	 * and the derived ct_hit never runs ahead (xdplbd/kernel/snapshot.py). */
 	if (path != PKT_HIT)
 		count(path, pkt->len);
 	count_id(backend_stats.lookup(&id), pkt->len);
@@ -606,7 +606,7 @@ static __always_inline int no_real(struct packet *pkt, __u32 vip_id)
 	return XDP_DROP;
 }
 
-/* The vip_index slot of a flow's destination; xdplbd/schema.py mirrors it. */
+/* The vip_index slot of a flow's destination; xdplbd/core/schema.py mirrors it. */
 static __always_inline __u32 vip_slot_of(const struct flow_key *flow)
 {
 	const __u32 *a = (const __u32 *)flow->dst;

@@ -20,11 +20,11 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from xdplbd import bpfsys, loader
-from xdplbd.dataplane import DataPlane
-from xdplbd.model import Tunables
-from xdplbd.netns import in_netns
-from xdplbd.state import read_state
+from xdplbd.core.model import Tunables
+from xdplbd.kernel import libbpf, loader
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.netns import in_netns
+from xdplbd.service.statefile import read_state
 
 # Small maps keep each start cheap; the data plane is the same code.
 TUNABLES = {"max_vips": 64, "max_reals": 256, "conntrack_size": 65536, "ring_size": 65537,
@@ -63,10 +63,10 @@ class Netns:
         subprocess.run(["ip", "-n", self.name, *args], check=True)
 
     def xdp_prog_id(self, ifname: str = LB_IF) -> int:
-        from xdplbd import iface
+        from xdplbd.kernel import iface
 
         with in_netns(self.name):
-            return bpfsys.xdp_query(iface.ifindex(ifname)).prog_id
+            return libbpf.xdp_query(iface.ifindex(ifname)).prog_id
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False)
@@ -113,7 +113,7 @@ class Daemon:
         full_env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, **(env or {})}
         full_env.pop("JOURNAL_STREAM", None)
         cmd = ["nsenter", f"--net=/run/netns/{self.netns.name}", sys.executable, "-m",
-               "xdplbd.daemon", "-c", self.config, "--pin-dir", self.pin_dir, "--state-dir",
+               "xdplbd.service.daemon", "-c", self.config, "--pin-dir", self.pin_dir, "--state-dir",
                self.state_dir, *(args or [])]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)

@@ -25,11 +25,12 @@ from tests.daemon.conftest import (
     real,
     vip4,
 )
-from xdplbd import bpfsys, loader, schema
-from xdplbd.config import parse_config
-from xdplbd.daemon import DEBOUNCE_S
-from xdplbd.netns import in_netns
-from xdplbd.plan import desired_digest
+from xdplbd.core import schema
+from xdplbd.core.config import parse_config
+from xdplbd.core.plan import desired_digest
+from xdplbd.kernel import libbpf, loader
+from xdplbd.kernel.netns import in_netns
+from xdplbd.service.daemon import DEBOUNCE_S
 
 
 def live_reals(d: Daemon) -> Dict[str, Dict[str, int]]:
@@ -232,7 +233,7 @@ def _syn_frames(n: int) -> List[bytes]:
 
 def _prog_fd(d: Daemon) -> int:
     (name,) = loader.pinned_programs(d.pin_dir)
-    return bpfsys.obj_get(os.path.join(d.pin_dir, name))
+    return libbpf.obj_get(os.path.join(d.pin_dir, name))
 
 
 def test_restart_reuses_the_program_and_keeps_conntrack(daemon: Daemon) -> None:
@@ -241,7 +242,7 @@ def test_restart_reuses_the_program_and_keeps_conntrack(daemon: Daemon) -> None:
     fd = _prog_fd(daemon)
     try:
         for frame in _syn_frames(50):
-            assert bpfsys.test_run(fd, frame).retval == 3  # XDP_TX
+            assert libbpf.test_run(fd, frame).retval == 3  # XDP_TX
     finally:
         os.close(fd)
     with daemon.dataplane() as dp:
@@ -266,9 +267,9 @@ def test_changed_source_replaces_the_program_atomically(daemon: Daemon) -> None:
         f.write("\n/* a new build */\n")
     # A map that an older build pinned and this one retired.
     retired = os.path.join(daemon.pin_dir, schema.RETIRED_PINS[0])
-    fd = bpfsys.create_array("old_outcomes", schema.COUNTER.size, 10)
+    fd = libbpf.create_array("old_outcomes", schema.COUNTER.size, 10)
     try:
-        bpfsys.obj_pin(fd, retired)
+        libbpf.obj_pin(fd, retired)
     finally:
         os.close(fd)
     daemon.start(env={"XDPLB_BPF_SOURCE": src})

@@ -15,8 +15,8 @@ from typing import Iterator
 import pytest
 
 from tests.dataplane.harness import LB_MAC, TEST_TUNABLES, DataPlaneHarness
-from xdplbd import bpfsys, iface, loader
-from xdplbd.netns import in_netns
+from xdplbd.kernel import iface, libbpf, loader
+from xdplbd.kernel.netns import in_netns
 
 PIN_DIR = f"/sys/fs/bpf/xdplb-test-{os.getpid()}"
 NETNS = f"xdplbt-{os.getpid()}"
@@ -39,7 +39,7 @@ def program() -> Iterator[loader.Program]:
         subprocess.run(["ip", "-n", NETNS, "link", "set", "xt0", "up"], check=True)
         subprocess.run(["ip", "-n", NETNS, "link", "set", "xt1", "up"], check=True)
         with in_netns(NETNS):
-            bpfsys.xdp_attach(iface.ifindex("xt0"), prog.fd, "native")
+            libbpf.xdp_attach(iface.ifindex("xt0"), prog.fd, "native")
         yield prog
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Dict, Iterable, Sequence, Tuple
 
-from xdplbd import bpfsys, schema
-from xdplbd.dataplane import DataPlane
-from xdplbd.loader import Program
-from xdplbd.model import Config, Real, Tunables, Vip, VipKey
-from xdplbd.plan import make_plan
+from xdplbd.core import schema
+from xdplbd.core.model import Config, Real, Tunables, Vip, VipKey
+from xdplbd.core.plan import make_plan
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.loader import Program
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 ACTIONS = {XDP_ABORTED: "aborted", XDP_DROP: "drop", XDP_PASS: "pass", XDP_TX: "tx"}
@@ -49,7 +50,7 @@ class DataPlaneHarness(DataPlane):
         return self.apply(plan.ops)
 
     def run(self, frame: bytes) -> Tuple[str, bytes]:
-        r = bpfsys.test_run(self.program.fd, frame)
+        r = libbpf.test_run(self.program.fd, frame)
         return ACTIONS.get(r.retval, str(r.retval)), r.data
 
     def vip_id(self, key: VipKey) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from xdplbd import clock
+from xdplbd.core.clock import coarse_ns
+from xdplbd.kernel import jiffies
 
 
 def _kernel_jiffies() -> int:
@@ -15,9 +16,9 @@ def _kernel_jiffies() -> int:
 
 
 def test_calibration_gives_the_kernels_jiffies() -> None:
-    cal = clock.calibrate()
+    cal = jiffies.calibrate()
     assert cal.jiffy_ns in {(10**9 + hz // 2) // hz for hz in (100, 250, 300, 1000)}
-    before = (clock.coarse_ns() + cal.offset_ns) // cal.jiffy_ns
+    before = (coarse_ns() + cal.offset_ns) // cal.jiffy_ns
     kernel = _kernel_jiffies()
-    after = (clock.coarse_ns() + cal.offset_ns) // cal.jiffy_ns
+    after = (coarse_ns() + cal.offset_ns) // cal.jiffy_ns
     assert before - 1 <= kernel <= after + 1

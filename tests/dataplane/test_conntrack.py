@@ -12,9 +12,10 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from tests.dataplane.harness import CLIENT_MAC, LB_MAC, DataPlaneHarness, real, vip
-from xdplbd import clock, conntrack, schema
-from xdplbd.dataplane import lookup_flow, store_flow
-from xdplbd.model import VipKey
+from xdplbd.core import conntrack, schema
+from xdplbd.core.model import VipKey
+from xdplbd.kernel import jiffies
+from xdplbd.kernel.dataplane import lookup_flow, store_flow
 
 VIP = "10.0.0.100"
 CLIENT = ipaddress.ip_address("10.0.0.2")
@@ -62,7 +63,7 @@ def test_a_new_flow_in_a_full_bucket_replaces_the_least_recently_seen(
     _configure(dpx)
     ports = _one_bucket(dpx, conntrack.WAYS + 1)
     bid = dpx.read_live().vips[0].backends[0].id
-    now = clock.now_tick()
+    now = jiffies.now_tick()
     # Fill the bucket; ports[3] was seen longest ago.
     ticks = [now - 10 + i for i in range(conntrack.WAYS)]
     ticks[3] = now - 30
@@ -81,7 +82,7 @@ def test_an_empty_way_is_taken_before_any_entry_is_replaced(dpx: DataPlaneHarnes
     ports = _one_bucket(dpx, conntrack.WAYS)
     bid = dpx.read_live().vips[0].backends[0].id
     for sport in ports[:-1]:
-        store_flow(dpx, CLIENT, KEY.addr, sport, 80, "tcp", bid, clock.now_tick())
+        store_flow(dpx, CLIENT, KEY.addr, sport, 80, "tcp", bid, jiffies.now_tick())
     assert dpx.run(_frame(ports[-1], "S"))[0] == "tx"
     assert all(_entry(dpx, p) is not None for p in ports)
 
@@ -90,14 +91,14 @@ def test_a_hit_refreshes_the_entry_so_active_flows_survive(dpx: DataPlaneHarness
     _configure(dpx)
     ports = _one_bucket(dpx, conntrack.WAYS + 1)
     bid = dpx.read_live().vips[0].backends[1].id
-    now = clock.now_tick()
+    now = jiffies.now_tick()
     for sport in ports[:-1]:
         store_flow(dpx, CLIENT, KEY.addr, sport, 80, "tcp", bid, now - 100)
     # ports[0] sends a packet: its entry is now the youngest, and it keeps its real.
     assert dpx.run(_frame(ports[0], "A"))[0] == "tx"
     e = _entry(dpx, ports[0])
     assert e is not None and e.backend_id == bid
-    assert conntrack.age(e.tick, clock.now_tick()) <= 1
+    assert conntrack.age(e.tick, jiffies.now_tick()) <= 1
     assert dpx.run(_frame(ports[-1], "S"))[0] == "tx"
     assert _entry(dpx, ports[0]) is not None
     survivors = sum(_entry(dpx, p) is not None for p in ports[1:-1])

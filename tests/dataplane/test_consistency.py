@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from tests.dataplane.harness import CLIENT_MAC, LB_MAC, DataPlaneHarness, real, vip
-from xdplbd import schema
+from xdplbd.core import schema
 
 VIP = "10.1.0.100"
 REALS = [(f"10.1.0.{10 + i}", f"02:00:00:01:00:{10 + i:02x}") for i in range(10)]

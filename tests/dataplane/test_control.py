@@ -12,10 +12,10 @@ from scapy.layers.l2 import Ether
 from tests.dataplane import harness
 from tests.dataplane.conftest import PIN_DIR
 from tests.dataplane.harness import TEST_TUNABLES, DataPlaneHarness, real, vip
-from xdplbd import schema
-from xdplbd.dataplane import DataPlane
-from xdplbd.model import Config, Vip
-from xdplbd.plan import SwapRing, make_plan
+from xdplbd.core import schema
+from xdplbd.core.model import Config, Vip
+from xdplbd.core.plan import SwapRing, make_plan
+from xdplbd.kernel.dataplane import DataPlane
 
 
 def _vips(*addrs: str) -> List[Vip]:

@@ -20,11 +20,11 @@ from tests.dataplane.harness import (
     real,
     vip,
 )
-from xdplbd import schema
-from xdplbd.clock import now_tick
-from xdplbd.dataplane import lookup_flow, store_flow
-from xdplbd.flowhash import ring_slot
-from xdplbd.model import VipKey
+from xdplbd.core import schema
+from xdplbd.core.flowhash import ring_slot
+from xdplbd.core.model import VipKey
+from xdplbd.kernel.dataplane import lookup_flow, store_flow
+from xdplbd.kernel.jiffies import now_tick
 
 VIP4, VIP6 = "10.0.0.100", "fd00::100"
 CLIENT4, CLIENT6 = "10.0.0.2", "fd00::2"

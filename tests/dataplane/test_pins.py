@@ -7,15 +7,15 @@ import os
 import pytest
 
 from tests.dataplane.harness import TEST_TUNABLES
-from xdplbd import bpfsys, loader
+from xdplbd.kernel import libbpf, loader
 
 
 def test_wrong_value_size_under_a_pinned_name_is_refused() -> None:
     pin_dir = f"/sys/fs/bpf/xdplb-badpin-{os.getpid()}"
     os.makedirs(pin_dir, exist_ok=True)
-    fd = bpfsys.create_array("backends", 8, TEST_TUNABLES.max_reals)  # real value is 32 bytes
+    fd = libbpf.create_array("backends", 8, TEST_TUNABLES.max_reals)  # real value is 32 bytes
     try:
-        bpfsys.obj_pin(fd, f"{pin_dir}/backends")
+        libbpf.obj_pin(fd, f"{pin_dir}/backends")
         with pytest.raises(loader.LoadError) as err:
             loader.load(pin_dir, TEST_TUNABLES)
         msg = str(err.value)
@@ -52,20 +52,20 @@ def test_a_new_vip_index_next_to_older_pins_learns_the_live_vips() -> None:
     while `vips` keeps its entries, and the plan will write nothing for them."""
     import ipaddress
 
-    from xdplbd import schema
-    from xdplbd.dataplane import DataPlane
-    from xdplbd.model import VipKey
+    from xdplbd.core import schema
+    from xdplbd.core.model import VipKey
+    from xdplbd.kernel.dataplane import DataPlane
 
     pin_dir = f"/sys/fs/bpf/xdplb-upgrade-{os.getpid()}"
     os.makedirs(pin_dir, exist_ok=True)
     key = schema.pack_vip_key(VipKey(ipaddress.ip_address("10.9.0.1"), 443, "tcp"))
-    fd = bpfsys.lib().bpf_map_create(1, b"vips", schema.VIP_KEY.size, schema.VIP_INFO.size,
+    fd = libbpf.lib().bpf_map_create(1, b"vips", schema.VIP_KEY.size, schema.VIP_INFO.size,
                                      TEST_TUNABLES.max_vips, None)  # BPF_MAP_TYPE_HASH
     assert fd >= 0
     prog = None
     try:
-        bpfsys.Map(fd, "vips", owned=False).update(key, schema.VIP_INFO.pack(5, 0, 0))
-        bpfsys.obj_pin(fd, f"{pin_dir}/vips")
+        libbpf.Map(fd, "vips", owned=False).update(key, schema.VIP_INFO.pack(5, 0, 0))
+        libbpf.obj_pin(fd, f"{pin_dir}/vips")
         prog = loader.load(pin_dir, TEST_TUNABLES)
         assert prog.compiled
         with DataPlane(pin_dir, TEST_TUNABLES) as dp:

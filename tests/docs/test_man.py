@@ -18,9 +18,11 @@ from typing import Dict, List, Set
 
 import pytest
 
-from xdplbd import cli, config, daemon
-from xdplbd.config import parse_config
-from xdplbd.model import Tunables
+from xdplbd.cli import commands
+from xdplbd.core import config
+from xdplbd.core.config import parse_config
+from xdplbd.core.model import Tunables
+from xdplbd.service import daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man"
@@ -145,7 +147,7 @@ def test_xdplb_commands_and_options_are_documented() -> None:
     by_cmd = {heading.split()[0]: body + heading for heading, body in subs.items()}
     common = sections(roff, "SH")["COMMON OPTIONS"]
     synopsis = sections(roff, "SH")["SYNOPSIS"]
-    parser = cli.build_parser()
+    parser = commands.build_parser()
     missing = []
     for cmd, sub in subcommands(parser).items():
         if cmd not in by_cmd:
@@ -237,7 +239,7 @@ def test_exit_codes_signals_and_files_are_documented() -> None:
         assert needle in sh["REAL SERVER SETUP"]
     xdplb = sections(PAGES["xdplb.8"].read_text(), "SH")
     assert re.search(r"^3$", xdplb["EXIT STATUS"], re.M)
-    assert cli.EXIT_NOT_RUNNING == 3
+    assert commands.EXIT_NOT_RUNNING == 3
 
 
 # --------------------------------------------------------------------------- completion
@@ -255,7 +257,7 @@ def complete(words: List[str]) -> List[str]:
 
 
 def test_completion_lists_every_subcommand_and_option() -> None:
-    parser = cli.build_parser()
+    parser = commands.build_parser()
     subs = subcommands(parser)
     assert set(complete(["xdplb", ""])) == set(subs) | {"--version", "-h", "--help"}
     for cmd, sub in subs.items():

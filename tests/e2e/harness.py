@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from xdplbd.daemonize import alive as _pid_alive  # gone or a zombie: not alive
-from xdplbd.demo import LbDaemon, Wrk, WrkResult, iface_counters, lb_config, wait_for
-from xdplbd.lab import IFNAME, NETNS_DIR, STATE_ROOT, Lab, LabSpec, in_netns
-from xdplbd.loader import remove_pins
+from xdplbd.kernel.loader import remove_pins
+from xdplbd.lab.demo import LbDaemon, Wrk, WrkResult, iface_counters, lb_config, wait_for
+from xdplbd.lab.topology import IFNAME, NETNS_DIR, STATE_ROOT, Lab, LabSpec, in_netns
+from xdplbd.service.daemonize import alive as _pid_alive  # gone or a zombie: not alive
 
 BPFFS = "/sys/fs/bpf"
 NAME_RE = re.compile(r"^e2e(\d+)-([a-z0-9]+)$")

@@ -18,7 +18,7 @@ from tests.e2e.harness import (
     start_env,
     stop_env,
 )
-from xdplbd.demo import Wrk
+from xdplbd.lab.demo import Wrk
 
 PROBE_ENV = "XDPLB_E2E_PROBE"  # a directory for the probe's notes to its caller
 

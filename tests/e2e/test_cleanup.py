@@ -16,8 +16,8 @@ from typing import List
 
 from tests.e2e.harness import BPFFS, cleanup_stale, leftovers, processes_mentioning
 from tests.e2e.probe_session import PROBE_ENV
-from xdplbd.demo import wait_for
-from xdplbd.lab import NETNS_DIR
+from xdplbd.lab.demo import wait_for
+from xdplbd.lab.topology import NETNS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = "tests/e2e/probe_session.py"

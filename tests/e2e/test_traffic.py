@@ -22,7 +22,7 @@ from tests.e2e.harness import (
     udp_flows,
     under_load,
 )
-from xdplbd.lab import in_netns
+from xdplbd.lab.topology import in_netns
 
 N_SPREAD = 3000
 TOLERANCE = 0.15  # each real within +-15% of its weight's share

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from xdplbd.lab import Lab, LabSpec
+from xdplbd.lab.topology import Lab, LabSpec
 
 # Unique per session so parallel runs do not collide (namespaces, state dir).
 SESSION_PREFIX = f"t{os.getpid()}"

@@ -22,12 +22,14 @@ from typing import Iterator, List, Set
 import pytest
 
 from tests.lab.conftest import SESSION_PREFIX
-from xdplbd import xdp_stub
-from xdplbd.lab import (
+from xdplbd.kernel import libbpf
+from xdplbd.lab.topology import (
     IFNAME,
     NETNS_DIR,
     Lab,
     LabSpec,
+    attach_insns,
+    attach_stub,
     in_netns,
     nsenter_cmd,
     pids_in_netns,
@@ -162,9 +164,9 @@ def test_layout(lab: Lab) -> None:
     assert len(macs) == 2 + len(lab.real_names)
     # XDP_PASS on the LB's bridge-side peer only; the reals' peers need none.
     with in_netns(lab.ns_br):
-        assert xdp_stub.query_id(socket.if_nametoindex("v-lb"), xdp_stub.XDP_FLAGS_DRV_MODE)
+        assert libbpf.xdp_prog_id(socket.if_nametoindex("v-lb"), "native")
         for r in lab.real_names:
-            assert xdp_stub.query_id(socket.if_nametoindex(f"v-{r}")) == 0
+            assert libbpf.xdp_prog_id(socket.if_nametoindex(f"v-{r}")) == 0
     # The client's tx checksum offload is off (native XDP_TX on veth needs it).
     k = lab.client_exec(["ethtool", "-k", IFNAME]).stdout
     assert "tx-checksumming: off" in k
@@ -317,7 +319,7 @@ def test_real_accepts_vip_frames_sent_to_its_mac(lab: Lab) -> None:
 
 def _forward_to_real_insns(vip4: str, real_mac: str, lb_mac: str) -> List[bytes]:
     """IPv4 to *vip4*: rewrite MACs (dst real, src LB) and XDP_TX; anything else XDP_PASS."""
-    i = xdp_stub.insn
+    i = libbpf.insn
     rm, lm = _mac_bytes(real_mac), _mac_bytes(lb_mac)
 
     def s32(b: bytes) -> int:
@@ -340,9 +342,9 @@ def _forward_to_real_insns(vip4: str, real_mac: str, lb_mac: str) -> List[bytes]
         i(0x6A, 2, off=4, imm=u16(rm[4:])),
         i(0x62, 2, off=6, imm=s32(lm[:4])),  # h_source = LB
         i(0x6A, 2, off=10, imm=u16(lm[4:])),
-        i(0xB7, 0, imm=xdp_stub.XDP_TX),
+        i(0xB7, 0, imm=libbpf.XDP_TX),
         i(0x95),
-        i(0xB7, 0, imm=xdp_stub.XDP_PASS),  # pass:
+        i(0xB7, 0, imm=libbpf.XDP_PASS),  # pass:
         i(0x95),
     ]
 
@@ -354,7 +356,7 @@ def test_xdp_tx_from_lb_reaches_real_and_reply_bypasses_lb(lab: Lab) -> None:
     flush_client_neigh(lab, lab.vip4)
     with in_netns(lab.ns_lb):
         lb_if = socket.if_nametoindex(IFNAME)
-        xdp_stub.attach_insns(lb_if, _forward_to_real_insns(lab.vip4, real.mac, lb_mac))
+        attach_insns(lb_if, _forward_to_real_insns(lab.vip4, real.mac, lb_mac))
     try:
         with packet_socket(lab.ns_client) as cap:
             assert lab.curl(f"http://{lab.vip4}/") == f"{real.name}\n"
@@ -367,17 +369,17 @@ def test_xdp_tx_from_lb_reaches_real_and_reply_bypasses_lb(lab: Lab) -> None:
         # Without an XDP program on the LB's bridge-side peer, XDP_TX frames are lost.
         with in_netns(lab.ns_br):
             peer = socket.if_nametoindex("v-lb")
-            xdp_stub.detach(peer, xdp_stub.XDP_FLAGS_DRV_MODE)
+            libbpf.xdp_detach(peer, "native")
         try:
             with pytest.raises(socket.timeout):
                 lab.udp(lab.vip4, timeout=0.5)
         finally:
             with in_netns(lab.ns_br):
-                xdp_stub.attach_stub(peer)
+                attach_stub(peer)
         assert lab.udp(lab.vip4) == f"{real.name}\n"
     finally:
         with in_netns(lab.ns_lb):
-            xdp_stub.detach(lb_if, xdp_stub.XDP_FLAGS_DRV_MODE)
+            libbpf.xdp_detach(lb_if, "native")
 
 
 # --------------------------------------------------------------------------- lifecycle

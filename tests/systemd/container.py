@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from xdplbd.daemonize import alive as _pid_alive  # gone or a zombie: not alive
+from xdplbd.service.daemonize import alive as _pid_alive  # gone or a zombie: not alive
 
 T = TypeVar("T")
 

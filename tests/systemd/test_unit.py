@@ -349,8 +349,8 @@ def test_config_ownership_and_mode_are_checked(lb: Container) -> None:
 
 def test_check_config_file_refuses_unsafe_files(tmp_path: Path) -> None:
     """daemon.read_config refuses a world-writable file, or one not owned by root."""
-    from xdplbd.config import ConfigError
-    from xdplbd.daemon import read_config
+    from xdplbd.core.config import ConfigError
+    from xdplbd.service.daemon import read_config
 
     path = tmp_path / "lb_conf.json"
     path.write_text(config([("10.0.0.11", 1)]))
@@ -376,8 +376,9 @@ def test_enable_now_attaches(lb: Container) -> None:
     _require(lb, "start")
     c = lb
     # The wire side needs an XDP program for XDP_TX frames from xlb0 to reach it.
-    c.run(["/opt/xdplb/bin/python", "-c", "import socket, sys; from xdplbd import xdp_stub; "
-           "xdp_stub.attach_stub(socket.if_nametoindex(sys.argv[1]))", WIRE_IF])
+    c.run(["/opt/xdplb/bin/python", "-c", "import socket, sys; "
+           "from xdplbd.lab.topology import attach_stub; "
+           "attach_stub(socket.if_nametoindex(sys.argv[1]))", WIRE_IF])
     write_config(c, config([("10.0.0.11", 1), ("10.0.0.12", 1)],
                            metrics={"listen": "127.0.0.1:9110"}))
     t0 = time.monotonic()

@@ -19,12 +19,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from xdplbd import bpfsys, schema
-from xdplbd.dataplane import DataPlane
-from xdplbd.lab import Lab, LabSpec, in_netns, nsenter_cmd
-from xdplbd.loader import remove_pins
-from xdplbd.model import Tunables
-from xdplbd.state import read_state
+from xdplbd.core import schema
+from xdplbd.core.model import Tunables
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.loader import remove_pins
+from xdplbd.lab.topology import Lab, LabSpec, in_netns, nsenter_cmd
+from xdplbd.service.statefile import read_state
 
 PREFIX = f"tt{os.getpid()}"
 TUNABLES = {"max_vips": 64, "max_reals": 256, "conntrack_size": 65536, "ring_size": 65537,
@@ -101,7 +102,7 @@ class LabDaemon:
         write_config(self.config, self.doc)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            nsenter_cmd(self.ns, [sys.executable, "-m", "xdplbd.daemon", "-c", self.config,
+            nsenter_cmd(self.ns, [sys.executable, "-m", "xdplbd.service.daemon", "-c", self.config,
                                   "--pin-dir", self.pin_dir, "--state-dir", self.state_dir]),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -130,7 +131,7 @@ class LabDaemon:
         return DataPlane(self.pin_dir, Tunables(**TUNABLES))
 
     def prog_fd(self) -> int:
-        return bpfsys.obj_get(os.path.join(self.pin_dir, "prog_" + self.state()["source_digest"]))
+        return libbpf.obj_get(os.path.join(self.pin_dir, "prog_" + self.state()["source_digest"]))
 
     def wait_reloads(self, n: int, timeout: float = 10.0) -> Dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -173,7 +174,7 @@ class Driver:
     def run(self, frame: bytes) -> Tuple[str, Optional[str]]:
         """(action, real IP the frame was sent to or None)."""
         with in_netns(self.d.ns):
-            r = bpfsys.test_run(self.fd, frame)
+            r = libbpf.test_run(self.fd, frame)
         action = ACTIONS.get(r.retval, str(r.retval))
         real = self.d.mac_to_ip.get(schema.mac_str(r.data[0:6])) if action == "tx" else None
         return action, real

@@ -22,8 +22,8 @@ from tests.tools.conftest import (
     LabDaemon,
     write_config,
 )
-from xdplbd.lab import in_netns
-from xdplbd.snapshot import Snapshot, scan_flows, take
+from xdplbd.kernel.snapshot import Snapshot, scan_flows, take
+from xdplbd.lab.topology import in_netns
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 

@@ -15,16 +15,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from xdplbd import bpfsys, conntrack, daemonize, schema
-from xdplbd.config import config_digest
-from xdplbd.conntrack import Entry
-from xdplbd.dashboard import Meta, human, render
-from xdplbd.explain import explain, infer_ring_size
-from xdplbd.metrics import families, parse_listen
-from xdplbd.model import VipKey
-from xdplbd.snapshot import RealSnap, Snapshot, VipSnap, count_flows, stats_json
-from xdplbd.state import write_state
-from xdplbd.status import render_text, status_data
+from xdplbd.cli.dashboard import Meta, human, render
+from xdplbd.cli.status import render_text, status_data
+from xdplbd.core import conntrack, schema
+from xdplbd.core.config import config_digest
+from xdplbd.core.conntrack import Entry
+from xdplbd.core.explain import explain, infer_ring_size
+from xdplbd.core.model import VipKey
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.snapshot import RealSnap, Snapshot, VipSnap, count_flows, stats_json
+from xdplbd.service import daemonize
+from xdplbd.service.metrics import families, parse_listen
+from xdplbd.service.statefile import write_state
 
 K = VipKey(ipaddress.ip_address("10.0.0.100"), 80, "tcp")
 K6 = VipKey(ipaddress.ip_address("fd00::100"), 443, "tcp")
@@ -253,8 +255,8 @@ def test_status_without_pins_falls_back_to_state_then_config(tmp_path: Path) -> 
 
 def test_daemon_argv_recognition(tmp_path: object) -> None:
     py = "/usr/bin/python3"
-    assert daemonize.is_daemon_argv([py, "-m", "xdplbd.daemon", "-c", "x"])
-    assert daemonize.is_daemon_argv([py, "-m", "xdplbd.daemonize", "--pid-file", "p"])
+    assert daemonize.is_daemon_argv([py, "-m", "xdplbd.service.daemon", "-c", "x"])
+    assert daemonize.is_daemon_argv([py, "-m", "xdplbd.service.daemonize", "--pid-file", "p"])
     assert daemonize.is_daemon_argv([py, "/usr/local/bin/xdplbd", "--pin-dir", "/x"])
     assert daemonize.is_daemon_argv(["/usr/sbin/xdplbd"])
     assert not daemonize.is_daemon_argv([py, "-m", "xdplbd.cli", "status"])
@@ -304,16 +306,16 @@ def test_start_options_and_listen() -> None:
 # --- the conntrack walk, on a real scratch map -----------------------------------------
 
 @pytest.fixture
-def ct_map() -> bpfsys.Map:
+def ct_map() -> libbpf.Map:
     if os.geteuid() != 0:
         pytest.skip("needs root (creates a BPF map)")
-    fd = bpfsys.create_array("xdplb_ct_test", conntrack.BUCKET.size, 256)
-    m = bpfsys.Map(fd, "xdplb_ct_test")
+    fd = libbpf.create_array("xdplb_ct_test", conntrack.BUCKET.size, 256)
+    m = libbpf.Map(fd, "xdplb_ct_test")
     yield m
     m.close()
 
 
-def test_conntrack_walk_counts_live_entries(ct_map: bpfsys.Map) -> None:
+def test_conntrack_walk_counts_live_entries(ct_map: libbpf.Map) -> None:
     now = 1000
     udp_backends = {3, 4}
     want: Dict[int, int] = {}

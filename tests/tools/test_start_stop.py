@@ -13,12 +13,13 @@ from typing import Iterator, List
 import pytest
 
 from tests.tools.conftest import Tmux, gone, proc_state, run_cli, tmux_available
-from xdplbd import bpfsys, daemonize, iface
-from xdplbd.dataplane import DataPlane
-from xdplbd.loader import remove_pins
-from xdplbd.model import Tunables
-from xdplbd.netns import in_netns
-from xdplbd.state import read_state
+from xdplbd.core.model import Tunables
+from xdplbd.kernel import iface, libbpf
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.loader import remove_pins
+from xdplbd.kernel.netns import in_netns
+from xdplbd.service import daemonize
+from xdplbd.service.statefile import read_state
 
 TUNABLES = {"max_vips": 16, "max_reals": 64, "conntrack_size": 4096, "ring_size": 1009,
             "udp_timeout": 30}
@@ -46,7 +47,7 @@ class Env:
 
     def attached_prog(self) -> int:
         with in_netns(self.ns):
-            return bpfsys.xdp_query(iface.ifindex("eth0")).prog_id
+            return libbpf.xdp_query(iface.ifindex("eth0")).prog_id
 
     def pid_file_pid(self) -> int:
         with open(self.pid_file) as f:

@@ -15,12 +15,13 @@ from tests.tools.conftest import (
     Driver,
     LabDaemon,
 )
-from xdplbd import bpfsys, ledger, schema
-from xdplbd.cli import explain_data
-from xdplbd.clock import now_tick
-from xdplbd.dataplane import store_flow
-from xdplbd.model import VipKey
-from xdplbd.snapshot import stats_json, take
+from xdplbd.cli.commands import explain_data
+from xdplbd.core import ledger, schema
+from xdplbd.core.model import VipKey
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import store_flow
+from xdplbd.kernel.jiffies import now_tick
+from xdplbd.kernel.snapshot import stats_json, take
 
 STATUS_KEYS = {"schema", "daemon", "dataplane", "config", "reloads", "last_reload", "vips"}
 
@@ -280,4 +281,4 @@ def test_stats_and_explain_fail_clearly_without_pins(lab_daemon: LabDaemon) -> N
     bad = run_cli(None, "explain", "10.0.0.1", "1", "fd00::1", "80", "tcp", "--pin-dir",
                   lab_daemon.pin_dir)
     assert bad.returncode == 2 and "same IP version" in bad.stderr
-    assert bpfsys.possible_cpus() >= 1
+    assert libbpf.possible_cpus() >= 1

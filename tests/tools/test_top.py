@@ -113,11 +113,11 @@ def test_top_stats_status_never_import_bcc(lab_daemon: LabDaemon) -> None:
     d = lab_daemon
     code = (
         "import sys\n"
-        "from xdplbd import cli\n"
+        "from xdplbd.cli import commands\n"
         f"dirs = ['--pin-dir', {d.pin_dir!r}, '--state-dir', {d.state_dir!r}]\n"
         "for cmd in (['top', '--once', '--interval', '0.1'], ['stats', '--json'],\n"
         "            ['status', '--json']):\n"
-        "    assert cli.main(cmd + dirs) == 0, cmd\n"
+        "    assert commands.main(cmd + dirs) == 0, cmd\n"
         "assert 'bcc' not in sys.modules, 'bcc was imported'\n"
     )
     r = subprocess.run(["nsenter", f"--net=/run/netns/{d.ns}", sys.executable, "-c", code],

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xdplbd.logsetup import JournalFormatter
+from xdplbd.service.logsetup import JournalFormatter
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "original_readme.json"
 

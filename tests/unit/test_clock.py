@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdplbd import clock, conntrack
+from xdplbd.core import clock, conntrack
 
 U32 = 1 << 32
 

@@ -10,9 +10,9 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from xdplbd import config
-from xdplbd.config import ConfigError, config_digest, load_config, parse_config, strip_comments
-from xdplbd.model import Tunables, VipKey
+from xdplbd.core import config
+from xdplbd.core.config import ConfigError, config_digest, load_config, parse_config, strip_comments
+from xdplbd.core.model import Tunables, VipKey
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SRC = "/etc/xdplb/lb_conf.json"

@@ -8,9 +8,9 @@ from typing import Any, List
 
 import pytest
 
-from xdplbd import daemon
-from xdplbd.model import LiveBackend, LiveState, LiveVip, VipKey
-from xdplbd.state import read_state
+from xdplbd.core.model import LiveBackend, LiveState, LiveVip, VipKey
+from xdplbd.service import daemon
+from xdplbd.service.statefile import read_state
 
 
 def _live(n_vips: int, reals: int) -> LiveState:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
-from xdplbd import ledger
-from xdplbd.ledger import ACTIVE, FREE, RealEntry, VipEntry
+from xdplbd.core import ledger
+from xdplbd.core.ledger import ACTIVE, FREE, RealEntry, VipEntry
 
 Counter = Tuple[int, int]
 VIP = 1  # VIP id 1 owns slots 1 and 2; VIP id 0 owns slot 3

@@ -10,8 +10,8 @@ from typing import Dict, List, Mapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xdplbd import maglev
-from xdplbd.maglev import populate, ring_digest
+from xdplbd.core import maglev
+from xdplbd.core.maglev import populate, ring_digest
 
 M = 65537
 REALS = [f"10.0.0.{i}" for i in range(1, 11)]

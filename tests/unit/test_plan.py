@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xdplbd.model import (
+from xdplbd.core.model import (
     Config,
     IPAddress,
     LiveBackend,
@@ -27,7 +27,7 @@ from xdplbd.model import (
     Vip,
     VipKey,
 )
-from xdplbd.plan import (
+from xdplbd.core.plan import (
     DelBackend,
     DelRing,
     DelVip,

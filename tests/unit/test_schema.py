@@ -8,7 +8,7 @@ from array import array
 
 import pytest
 
-from xdplbd import schema
+from xdplbd.core import schema
 
 
 @pytest.mark.parametrize("m", [2, 3, 101, 65537])

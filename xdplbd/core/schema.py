@@ -13,8 +13,8 @@ from array import array
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import conntrack, ledger
-from .model import PROTOCOLS, IPAddress, Tunables, VipKey
+from xdplbd.core import conntrack, ledger
+from xdplbd.core.model import PROTOCOLS, IPAddress, Tunables, VipKey
 
 FAMILY_V4 = 4
 FAMILY_V6 = 6

@@ -8,25 +8,18 @@ from CLOCK_MONOTONIC_COARSE (conntrack.Clock):
     jiffies = (coarse_ns + offset_ns) // jiffy_ns
 
 Both clocks advance together on the timer tick, so the offset is a constant
-of the boot. This module measures jiffy_ns and the offset;
-dataplane.set_settings writes them, and the shift, beside the LB's MAC.
+of the boot. This module holds the arithmetic (pure, root-free); kernel/jiffies.py
+measures jiffy_ns and the offset, and kernel/dataplane.set_settings writes
+them, and the shift, beside the LB's MAC.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 from dataclasses import dataclass
 
-from . import bpfsys, conntrack, xdp_stub
-
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
-BPF_FUNC_JIFFIES64 = 118  # enum bpf_func_id
-_CALL = 0x85  # BPF_JMP | BPF_CALL
-_EXIT = 0x95  # BPF_JMP | BPF_EXIT
 _U32 = 1 << 32
-_MAX_TRIES = 100
 
 
 @dataclass(frozen=True)
@@ -62,41 +55,3 @@ def offset_for(jiffies: int, jiffy: int, coarse: int) -> int:
     """clock_offset_ns for a jiffies value read in the same tick as `coarse`
     (mod 2**64: the data plane's u64 arithmetic wraps the same way)."""
     return (jiffies * jiffy - coarse) % (1 << 64)
-
-
-def _low_jiffies(prog_fd: int) -> int:
-    return bpfsys.test_run(prog_fd, bytes(64)).retval & 0xFFFFFFFF
-
-
-@functools.lru_cache(maxsize=1)
-def calibrate() -> Calibration:
-    """Measure jiffy_ns and the offset (needs CAP_BPF: it loads a 2-instruction
-    program that returns bpf_jiffies64()). Cached: the offset is fixed for the boot."""
-    jiffy = jiffy_ns()
-    hz = round(1e9 / jiffy)
-    fd = xdp_stub.load_insns(
-        xdp_stub.insn(_CALL, imm=BPF_FUNC_JIFFIES64) + xdp_stub.insn(_EXIT), "xdplb_jiffies"
-    )
-    try:
-        for _ in range(_MAX_TRIES):
-            before = coarse_ns()
-            low = _low_jiffies(fd)
-            after = coarse_ns()
-            if before == after:  # the same tick: jiffies and the clock agree exactly
-                estimate = initial_jiffies(hz) + after // jiffy
-                return Calibration(jiffy, offset_for(full_jiffies(low, estimate), jiffy, after))
-    finally:
-        os.close(fd)
-    raise RuntimeError("cannot read jiffies and the coarse clock within one tick")
-
-
-@functools.lru_cache(maxsize=1)
-def local() -> conntrack.Clock:
-    """This machine's conntrack clock, as set_settings writes it for the data plane."""
-    cal = calibrate()
-    return conntrack.Clock(cal.jiffy_ns, cal.offset_ns, conntrack.tick_shift_for(cal.jiffy_ns))
-
-
-def now_tick() -> int:
-    """The data plane's current tick (to within a jiffy)."""
-    return local().tick_at(coarse_ns())

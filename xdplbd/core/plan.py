@@ -25,8 +25,8 @@ from typing import (
     Union,
 )
 
-from xdplbd.maglev import populate_cached, text_digest
-from xdplbd.model import Config, IPAddress, LiveBackend, LiveState, LiveVip, Real, Vip, VipKey
+from xdplbd.core.maglev import populate_cached, text_digest
+from xdplbd.core.model import Config, IPAddress, LiveBackend, LiveState, LiveVip, Real, Vip, VipKey
 
 
 class PlanError(Exception):

@@ -1,7 +1,8 @@
-"""Thin ctypes layer over libbpf.so.1: pins, maps, program info, XDP attach.
+"""Thin ctypes layer over libbpf.so.1: pins, maps, program info, XDP attach,
+raw-instruction programs and test_run.
 
-The daemon and the CLI both use this. It deliberately avoids importing bcc,
-which costs ~70 MB and a second of start-up; bcc is used only to compile.
+The daemon, the CLI and the lab all use this. It deliberately avoids importing
+bcc, which costs ~70 MB and a second of start-up; bcc is used only to compile.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
@@ -30,6 +32,15 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
+
+# enum xdp_action
+XDP_ABORTED = 0
+XDP_DROP = 1
+XDP_PASS = 2
+XDP_TX = 3
+XDP_REDIRECT = 4
+XDP_ACTIONS = {"aborted": XDP_ABORTED, "drop": XDP_DROP, "pass": XDP_PASS, "tx": XDP_TX}
+XDP_MODES = ("native", "generic")
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -99,6 +110,14 @@ def lib() -> ctypes.CDLL:
         ]
         _lib.bpf_map_update_elem.argtypes = [
             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
+        ]
+        _lib.bpf_prog_load.argtypes = [
+            ctypes.c_int,  # enum bpf_prog_type
+            ctypes.c_char_p,  # prog_name
+            ctypes.c_char_p,  # license
+            ctypes.c_void_p,  # const struct bpf_insn *
+            ctypes.c_size_t,  # insn_cnt
+            ctypes.c_void_p,  # const struct bpf_prog_load_opts * (NULL)
         ]
     return _lib
 
@@ -375,14 +394,18 @@ def mode_flags(mode: str) -> int:
     return {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}[mode]
 
 
-def xdp_attach(ifindex: int, prog_fd: int, mode: str, old_prog_fd: Optional[int] = None) -> None:
-    """Attach, or atomically replace `old_prog_fd` (never detach-then-attach)."""
+def xdp_attach(ifindex: int, prog_fd: int, mode: str, old_prog_fd: Optional[int] = None,
+               exclusive: bool = True) -> None:
+    """Attach, or atomically replace `old_prog_fd` (never detach-then-attach).
+
+    exclusive (the daemon's rule) refuses to displace a program nobody named;
+    the lab's helper programs pass exclusive=False and replace whatever is there."""
     flags = mode_flags(mode)
     opts = _XdpAttachOpts(ctypes.sizeof(_XdpAttachOpts), 0, 0)
     if old_prog_fd is not None:
         flags |= XDP_FLAGS_REPLACE
         opts.old_prog_fd = old_prog_fd
-    else:
+    elif exclusive:
         flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
     _check(
         lib().bpf_xdp_attach(ifindex, prog_fd, flags, ctypes.byref(opts)),
@@ -392,6 +415,40 @@ def xdp_attach(ifindex: int, prog_fd: int, mode: str, old_prog_fd: Optional[int]
 
 def xdp_detach(ifindex: int, mode: str) -> None:
     _check(lib().bpf_xdp_detach(ifindex, mode_flags(mode), None), f"detach XDP from {ifindex}")
+
+
+def xdp_prog_id(ifindex: int, mode: Optional[str] = None) -> int:
+    """The program attached to `ifindex` (in `mode`, if given), 0 if none."""
+    state = xdp_query(ifindex)
+    return state.prog_id if mode is None or state.mode == mode else 0
+
+
+# --- programs from raw instructions (the lab's stubs, the clock calibration) ------
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    """Encode one ``struct bpf_insn`` (little-endian host)."""
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def stub_insns(action: int) -> bytes:
+    """``r0 = action; exit``."""
+    return insn(0xB7, dst=0, imm=action) + insn(0x95)  # BPF_ALU64|BPF_MOV|BPF_K ; BPF_JMP|BPF_EXIT
+
+
+def load_insns(insns: bytes, name: str = "xdp_stub") -> int:
+    """Load raw instructions as an XDP program; return its fd (the caller closes it)."""
+    if not insns or len(insns) % 8:
+        raise ValueError("instructions must be a non-empty multiple of 8 bytes")
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    return _check(
+        lib().bpf_prog_load(PROG_TYPE_XDP, name.encode()[:15], b"GPL", buf, len(insns) // 8, None),
+        f"load program {name}",
+    )
+
+
+def load_stub(action: int = XDP_PASS, name: str = "xdp_stub") -> int:
+    """Load the trivial program returning `action`; return its fd."""
+    return load_insns(stub_insns(action), name)
 
 
 # --- test_run (tests and benchmarks only) ---------------------------------------

@@ -22,15 +22,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, attach, iface, loader, logsetup
-from .config import ConfigError, FieldError, read_config_file
-from .dataplane import DataPlane
-from .metrics import start_exporter
-from .model import Config, LiveState
-from .notify import Notifier
-from .plan import PlanError, make_plan
-from .state import read_state, write_state
-from .watch import ConfigWatcher
+from xdplbd import __version__
+from xdplbd.core.config import ConfigError, FieldError, read_config_file
+from xdplbd.core.model import Config, LiveState
+from xdplbd.core.plan import PlanError, make_plan
+from xdplbd.kernel import attach, iface, loader
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.service import logsetup
+from xdplbd.service.configwatch import ConfigWatcher
+from xdplbd.service.metrics import start_exporter
+from xdplbd.service.notify import Notifier
+from xdplbd.service.statefile import read_state, write_state
 
 log = logging.getLogger("xdplbd")
 
@@ -165,6 +167,10 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         delay = os.environ.get(APPLY_DELAY_ENV, "")
         self._apply_delay = int(delay) / 1000 if delay.isdigit() else 0.0
+
+    @property
+    def pin_dir(self) -> str:
+        return self.opts.pin_dir
 
     # --- start --------------------------------------------------------------
 

@@ -49,12 +49,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Sequence, Set, Tuple
 
-from . import xdp_stub
-from .daemonize import alive as _alive
-from .netns import NETNS_RUN_DIR
-from .netns import in_netns as in_netns
-from .netns import netns_path as netns_path
-from .netns import nsenter_cmd as nsenter_cmd
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.netns import NETNS_RUN_DIR
+from xdplbd.kernel.netns import in_netns as in_netns
+from xdplbd.kernel.netns import netns_path as netns_path
+from xdplbd.kernel.netns import nsenter_cmd as nsenter_cmd
+from xdplbd.service.daemonize import alive as _alive
 
 NETNS_DIR = NETNS_RUN_DIR  # the name the tests and demo use
 
@@ -63,7 +63,30 @@ BRIDGE = "br0"
 IFNAME = "eth0"  # the namespace end of every veth
 _SIOCGIFHWADDR = 0x8927
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory holding the xdplbd package (this file is xdplbd/<layer>/<module>.py).
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# --------------------------------------------------------------------------- XDP stubs
+
+
+def attach_insns(ifindex: int, insns: Sequence[bytes], mode: str = "native",
+                 name: str = "xdp_test") -> int:
+    """Load encoded instructions and attach them in the calling thread's netns, replacing
+    whatever is there (the lab's rule, not the daemon's); return the program id. A
+    netlink-attached program stays after its fd is closed and the process exits."""
+    fd = libbpf.load_insns(b"".join(insns), name)
+    try:
+        libbpf.xdp_attach(ifindex, fd, mode, exclusive=False)
+    finally:
+        os.close(fd)
+    return libbpf.xdp_prog_id(ifindex, mode)
+
+
+def attach_stub(ifindex: int, action: int = libbpf.XDP_PASS, mode: str = "native",
+                name: str = "xdp_stub") -> int:
+    """``r0 = action; exit`` attached to `ifindex` (see attach_insns)."""
+    return attach_insns(ifindex, [libbpf.stub_insns(action)], mode, name)
 
 
 # --------------------------------------------------------------------------- spec
@@ -92,7 +115,7 @@ class LabSpec:
             raise ValueError(f"prefix {self.prefix!r}: want [A-Za-z0-9][A-Za-z0-9_-]{{0,39}}")
         if not 1 <= self.n_reals <= 200:
             raise ValueError(f"n_reals {self.n_reals}: want 1..200")
-        if self.peer_xdp_mode not in xdp_stub.MODE_FLAGS:
+        if self.peer_xdp_mode not in libbpf.XDP_MODES:
             raise ValueError(f"peer_xdp_mode {self.peer_xdp_mode!r}: want native or generic")
         net4, net6 = self.net4, self.net6
         hosts = [self.client_host, self.lb_host]
@@ -670,9 +693,7 @@ class Lab:
     def _attach_peer_xdp(self) -> None:
         """XDP_PASS on v-lb: XDP_TX from the LB's eth0 is dropped unless its peer has XDP."""
         with in_netns(self.ns_br):
-            xdp_stub.attach_stub(
-                socket.if_nametoindex("v-lb"), xdp_stub.XDP_PASS, self.spec.peer_xdp_mode
-            )
+            attach_stub(socket.if_nametoindex("v-lb"), libbpf.XDP_PASS, self.spec.peer_xdp_mode)
 
     def _start_services(self) -> None:
         cmds: List[Tuple[Sequence[str], str | None]] = []

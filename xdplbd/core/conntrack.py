@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import AbstractSet, Optional, Sequence, Tuple
 
-from .flowhash import flow_hash
+from xdplbd.core.flowhash import flow_hash
 
 WAYS = 8
 TAG_MASK = 0xFFFFFFFF

@@ -18,14 +18,17 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from . import __version__, bpfsys, daemonize, loader, schema
-from .config import ConfigError
-from .daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
-from .model import LiveState, VipKey
-from .plan import PlanError, make_plan, render_plan
-from .snapshot import open_pinned, stats_json, take
-from .state import read_state
-from .status import pinned_prog_ids
+from xdplbd import __version__
+from xdplbd.cli.status import pinned_prog_ids
+from xdplbd.core import schema
+from xdplbd.core.config import ConfigError
+from xdplbd.core.model import LiveState, VipKey
+from xdplbd.core.plan import PlanError, make_plan, render_plan
+from xdplbd.kernel import libbpf, loader
+from xdplbd.kernel.snapshot import open_pinned, stats_json, take
+from xdplbd.service import daemonize
+from xdplbd.service.daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
+from xdplbd.service.statefile import read_state
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_RUNNING = 3  # `status`, as LSB init scripts do
@@ -98,7 +101,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         with open_pinned(args.pin_dir, read_state(args.state_dir)) as dp:
             snap = take(dp)
-    except (FileNotFoundError, bpfsys.BpfError) as e:
+    except (FileNotFoundError, libbpf.BpfError) as e:
         _err(str(e))
         return EXIT_FAIL
     stats = stats_json(snap)
@@ -116,11 +119,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import render_text, status_data
+    from xdplbd.cli.status import render_text, status_data
 
     try:
         data = status_data(args.pin_dir, args.state_dir)
-    except bpfsys.BpfError as e:
+    except libbpf.BpfError as e:
         _err(str(e))
         return EXIT_FAIL
     print(json.dumps(data, indent=2) if args.json else render_text(data))
@@ -138,13 +141,13 @@ def cmd_detach(args: argparse.Namespace) -> int:
     ifname = args.interface or state.get("interface")
     ours = pinned_prog_ids(args.pin_dir)
     if ifname:
-        from .iface import InterfaceError, ifindex
+        from xdplbd.kernel.iface import InterfaceError, ifindex
 
         try:
             idx = ifindex(ifname)
-            q = bpfsys.xdp_query(idx)
+            q = libbpf.xdp_query(idx)
             if q.prog_id and (q.prog_id in ours or q.prog_id == state.get("prog_id")):
-                bpfsys.xdp_detach(idx, q.mode)
+                libbpf.xdp_detach(idx, q.mode)
                 print(f"detached XDP program {q.prog_id} from {ifname}")
         except InterfaceError as e:
             _err(f"{e}; removing the pins only")
@@ -185,7 +188,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_debug(args: argparse.Namespace) -> int:
     """The daemon as a foreground child, the dashboard (with its log) on top."""
-    from .dashboard import TopSource, run_live, tail_lines
+    from xdplbd.cli.dashboard import TopSource, run_live, tail_lines
 
     opts = _start_options(args).absolute()
     why = daemonize.conflict(opts.pin_dir, opts.state_dir, None)
@@ -196,7 +199,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
     offset = daemonize.log_offset(opts.log_file)
     opts.syslog = False
     opts.verbose = True
-    argv = [sys.executable, "-m", "xdplbd.daemon", *opts.daemon_args()]
+    argv = [sys.executable, "-m", "xdplbd.service.daemon", *opts.daemon_args()]
     print(f"starting xdplbd (log {opts.log_file}) ...", file=sys.stderr)
     with open(opts.log_file, "ab") as log, open(os.devnull, "rb") as null:
         child = subprocess.Popen(argv, stdin=null, stdout=log, stderr=log,
@@ -218,7 +221,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
 
         try:
             died = run_live(src.frame, args.interval, alive=alive)
-        except (FileNotFoundError, bpfsys.BpfError) as e:
+        except (FileNotFoundError, libbpf.BpfError) as e:
             died = f"cannot read the data plane: {e}"
         finally:
             src.close()
@@ -249,7 +252,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 # --- top ------------------------------------------------------------------------------
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from .dashboard import TopSource, render_once, run_live
+    from xdplbd.cli.dashboard import TopSource, render_once, run_live
 
     src = TopSource(args.pin_dir, args.state_dir, flows=not args.no_flows)
     try:
@@ -257,7 +260,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             render_once(src.frame, args.interval)
         else:
             run_live(src.frame, args.interval)
-    except (FileNotFoundError, bpfsys.BpfError) as e:
+    except (FileNotFoundError, libbpf.BpfError) as e:
         _err(str(e))
         return EXIT_FAIL
     finally:
@@ -269,8 +272,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def explain_data(pin_dir: str, state_dir: str, src: str, sport: int, vip: str, port: int,
                  proto: str, syn: bool) -> Dict[str, Any]:
-    from .dataplane import lookup_flow
-    from .explain import explain, infer_ring_size
+    from xdplbd.core.explain import explain, infer_ring_size
+    from xdplbd.kernel.dataplane import lookup_flow
 
     state = read_state(state_dir)
     key = VipKey(ipaddress.ip_address(vip), port, proto)
@@ -302,7 +305,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
-    except (FileNotFoundError, bpfsys.BpfError) as e:
+    except (FileNotFoundError, libbpf.BpfError) as e:
         _err(str(e))
         return EXIT_FAIL
     if args.json:

@@ -1,6 +1,6 @@
 """The pinned maps as the control plane sees them: read live state, apply ops.
 
-Thin shell around bpfsys + schema. Everything that decides *what* to write
+Thin shell around libbpf + schema. Everything that decides *what* to write
 lives in plan.py; this module only writes it, in the order given.
 """
 
@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import bpfsys, clock, conntrack, ledger, schema
-from .model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
-from .plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
+from xdplbd.core import conntrack, ledger, schema
+from xdplbd.core.clock import coarse_ns
+from xdplbd.core.model import IPAddress, LiveBackend, LiveState, LiveVip, Tunables, VipKey
+from xdplbd.core.plan import DelBackend, DelRing, DelVip, PutBackend, PutVip, SwapRing
+from xdplbd.kernel import jiffies, libbpf
 
 Op = object
 Slot = Tuple[int, int, bytes]  # struct vip_slot: state, vip_id, packed VIP key
@@ -40,10 +42,10 @@ class DataPlane:
     def __init__(self, pin_dir: str, tunables: Tunables) -> None:
         self.pin_dir = pin_dir
         self.tunables = tunables
-        self.maps: Dict[str, bpfsys.Map] = {}
+        self.maps: Dict[str, libbpf.Map] = {}
         try:
             for spec in schema.map_specs(tunables):
-                self.maps[spec.name] = bpfsys.Map.open_pinned(os.path.join(pin_dir, spec.name))
+                self.maps[spec.name] = libbpf.Map.open_pinned(os.path.join(pin_dir, spec.name))
         except Exception:
             self.close()
             raise
@@ -184,8 +186,8 @@ class DataPlane:
         raw = self.maps["rings"].lookup(schema.U32.pack(vip_id))
         if raw is None:
             return None
-        fd = bpfsys.map_fd_by_id(schema.U32.unpack(raw[:4])[0])
-        with bpfsys.Map(fd, RING_MAP_NAME) as inner:
+        fd = libbpf.map_fd_by_id(schema.U32.unpack(raw[:4])[0])
+        with libbpf.Map(fd, RING_MAP_NAME) as inner:
             return schema.unpack_ring(inner.lookup_array_all(), self.tunables.ring_size)
 
     def settings(self) -> Tuple[str, int]:
@@ -196,8 +198,8 @@ class DataPlane:
         """The data plane's conntrack tick now and its UDP idle limit in ticks,
         both from lb_settings (this machine's clock if it was never written)."""
         _mac, shift, limit, _timeout, jiffy_ns, offset = self._settings_record()
-        clk = conntrack.Clock(jiffy_ns, offset, shift) if jiffy_ns else clock.local()
-        return clk.tick_at(clock.coarse_ns()), limit
+        clk = conntrack.Clock(jiffy_ns, offset, shift) if jiffy_ns else jiffies.local()
+        return clk.tick_at(coarse_ns()), limit
 
     def _settings_record(self) -> Tuple[bytes, int, int, int, int, int]:
         raw = self.maps["lb_settings"].lookup(schema.U32.pack(0)) or bytes(schema.SETTINGS.size)
@@ -272,9 +274,9 @@ class DataPlane:
     def set_settings(self, lb_mac: str, udp_timeout_s: int) -> bool:
         """Write the settings record if it differs; returns True if written.
 
-        It carries the conntrack clock (clock.py), measured once per process:
+        It carries the conntrack clock (kernel/jiffies.py), measured once per process:
         the data plane's clock stays put across restarts."""
-        clk = clock.local()
+        clk = jiffies.local()
         timeout_ns = udp_timeout_s * 1_000_000_000
         want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), clk.tick_shift,
                                     clk.timeout_ticks(timeout_ns), timeout_ns,
@@ -313,11 +315,11 @@ class DataPlane:
     def _new_ring(self, ring: Sequence[int]) -> int:
         """A new inner ring map holding `ring`; returns its fd (the caller closes it)."""
         n = schema.ring_values(self.tunables.ring_size)
-        fd = bpfsys.create_array(RING_MAP_NAME, schema.RING_VALUE.size, n)
+        fd = libbpf.create_array(RING_MAP_NAME, schema.RING_VALUE.size, n)
         try:
             if len(self._ring_keys) != 4 * n:
                 self._ring_keys = b"".join(schema.U32.pack(i) for i in range(n))
-            with bpfsys.Map(fd, RING_MAP_NAME, owned=False) as inner:
+            with libbpf.Map(fd, RING_MAP_NAME, owned=False) as inner:
                 inner.update_batch(self._ring_keys, schema.pack_ring(ring, self.tunables.ring_size),
                                    n)
         except BaseException:
@@ -383,7 +385,7 @@ class DataPlane:
         rings = self.maps["rings"]
         try:
             rings.update_batch(keys, b"".join(fd.to_bytes(4, "little") for fd in fds), len(fds))
-        except bpfsys.BpfError as e:
+        except libbpf.BpfError as e:
             if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
             for i, fd in enumerate(fds):  # no batch updates of this map type here

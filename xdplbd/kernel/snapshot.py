@@ -1,6 +1,6 @@
 """One reading of every counter in the pinned maps, for `top`, `stats` and /metrics.
 
-Thin: reads the maps through bpfsys (libbpf via ctypes, never bcc) with batch
+Thin: reads the maps through libbpf (libbpf via ctypes, never bcc) with batch
 lookups, so a whole reading costs a few milliseconds plus the conntrack scan.
 
 "Flows" are conntrack entries, counted per real (xdplbd/conntrack.py):
@@ -23,9 +23,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Dict, Optional, Tuple
 
-from . import bpfsys, conntrack
-from .dataplane import DataPlane
-from .model import LiveState, Tunables, VipKey
+from xdplbd.core import conntrack
+from xdplbd.core.model import LiveState, Tunables, VipKey
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import DataPlane
 
 SCAN_CHUNK = 8192  # conntrack buckets per batch lookup
 
@@ -87,9 +88,9 @@ def live_tunables(pin_dir: str, state: Dict[str, Any]) -> Tunables:
     sizes = {}
     for spec, field, per_entry in (("vips", "max_vips", 1), ("backends", "max_reals", 1),
                                    ("conntrack", "conntrack_size", conntrack.WAYS)):
-        fd = bpfsys.obj_get(os.path.join(pin_dir, spec))
+        fd = libbpf.obj_get(os.path.join(pin_dir, spec))
         try:
-            sizes[field] = bpfsys.map_info(fd).max_entries * per_entry
+            sizes[field] = libbpf.map_info(fd).max_entries * per_entry
         finally:
             os.close(fd)
     return Tunables(**sizes)
@@ -115,7 +116,7 @@ class FlowScan:
     ms: float  # what it cost
 
 
-def count_flows(m: bpfsys.Map, udp_backends: AbstractSet[int], udp_timeout_ticks: int,
+def count_flows(m: libbpf.Map, udp_backends: AbstractSet[int], udp_timeout_ticks: int,
                 now_tick: int) -> FlowScan:
     """Walk conntrack once and count the entries the data plane would still follow.
 

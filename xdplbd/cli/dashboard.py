@@ -29,11 +29,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import bpfsys, daemonize, schema
-from .dataplane import DataPlane
-from .snapshot import FlowScan, Snapshot, open_pinned, scan_flows, take
-from .state import read_state
-from .status import find_attachment
+from xdplbd.cli.status import find_attachment
+from xdplbd.core import schema
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.snapshot import FlowScan, Snapshot, open_pinned, scan_flows, take
+from xdplbd.service import daemonize
+from xdplbd.service.statefile import read_state
 
 OUTCOME_LABELS = {
     "tx": "tx", "pass": "pass", "drop": "drop", "no_real": "no real", "ct_hit": "ct hit",
@@ -214,11 +216,11 @@ class TopSource:
 
     def _pinned_vips_id(self) -> int:
         try:
-            fd = bpfsys.obj_get(os.path.join(self.pin_dir, "vips"))
-        except bpfsys.BpfError:
+            fd = libbpf.obj_get(os.path.join(self.pin_dir, "vips"))
+        except libbpf.BpfError:
             return 0
         try:
-            return bpfsys.map_info(fd).id
+            return libbpf.map_info(fd).id
         finally:
             os.close(fd)
 

@@ -1,6 +1,6 @@
 """`xdplb start` / `xdplb stop`: the original C xdplb's daemon mode, kept.
 
-start: double fork, then exec `python -m xdplbd.daemonize --pid-file F -- <xdplbd
+start: double fork, then exec `python -m xdplbd.service.daemonize --pid-file F -- <xdplbd
 args>`, which holds an flock on the PID file, writes its pid there and runs the
 daemon in the same process; the file is removed when the daemon exits. The
 command returns once the daemon has applied its config and attached (its
@@ -26,13 +26,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .state import read_state
+from xdplbd.service.statefile import read_state
 
 DEFAULT_PID_FILE = "/run/xdplb.pid"
 DEFAULT_LOG_FILE = "/var/log/xdplb.log"
 DEFAULT_PIN_DIR = "/sys/fs/bpf/xdplb"  # as xdplbd's --pin-dir (daemon.py)
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DAEMON_MODULES = ("xdplbd.daemon", "xdplbd.daemonize")
+# The directory holding the xdplbd package (this file is xdplbd/<layer>/<module>.py).
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Today's module paths, and those of daemons started before the layer packages.
+_DAEMON_MODULES = ("xdplbd.service.daemon", "xdplbd.service.daemonize",
+                   "xdplbd.daemon", "xdplbd.daemonize")
 # Variables meant for a service manager's own child, never for a daemon we detach.
 _SCRUB_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS",
               "LISTEN_PID", "LISTEN_FDNAMES")
@@ -73,7 +76,8 @@ def alive(pid: int) -> bool:
 
 def is_daemon_argv(argv: Sequence[str]) -> bool:
     """An xdplbd daemon: `xdplbd ...`, `python [opts] .../xdplbd ...`, or `python [opts]
-    -m xdplbd.daemon|xdplbd.daemonize ...` (not the `xdplb` CLI, nor `vi xdplbd`)."""
+    -m xdplbd.service.daemon|xdplbd.service.daemonize ...` (not the `xdplb` CLI, nor
+    `vi xdplbd`)."""
     if not argv:
         return False
     if os.path.basename(argv[0]) == "xdplbd":
@@ -307,7 +311,7 @@ def start(opts: StartOptions) -> Tuple[int, str]:
     for path in (opts.pid_file, opts.log_file):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     offset = log_offset(opts.log_file)
-    argv = [sys.executable, "-m", "xdplbd.daemonize", "--pid-file", opts.pid_file, "--",
+    argv = [sys.executable, "-m", "xdplbd.service.daemonize", "--pid-file", opts.pid_file, "--",
             *opts.daemon_args()]
     pid = spawn_detached(argv, opts.log_file)
     outcome, state = wait_ready(pid, opts.state_dir, opts.timeout)
@@ -349,7 +353,7 @@ def stop(pid_file: str, pin_dir: str, timeout: float = 30.0) -> Tuple[int, str]:
                "(`xdplb detach` removes it)")
 
 
-# --- the daemon side: `python -m xdplbd.daemonize --pid-file F -- ARGS` -----------------
+# --- the daemon side: `python -m xdplbd.service.daemonize --pid-file F -- ARGS` -----------------
 
 def hold_pid_file(path: str) -> int:
     """Lock and write the PID file; the lock lives as long as this process."""
@@ -378,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (StartError, OSError) as e:
         print(f"xdplbd: {e}", file=sys.stderr)
         return 1
-    from . import daemon  # imported here: `xdplb start` itself never needs it
+    from xdplbd.service import daemon  # imported here: `xdplb start` itself never needs it
 
     try:
         return daemon.main(rest)

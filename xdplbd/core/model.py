@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Dict, Iterable, Optional, Tuple, Union
 
-from xdplbd.maglev import ring_text
+from xdplbd.core.maglev import ring_text
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 

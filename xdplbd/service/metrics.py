@@ -15,19 +15,20 @@ import socket
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
-from . import __version__, bpfsys
-from .dataplane import DataPlane
-from .snapshot import Snapshot, take
+from xdplbd import __version__
+from xdplbd.core.model import Config
+from xdplbd.kernel import libbpf
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.loader import Program
+from xdplbd.kernel.snapshot import Snapshot, take
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
-
-    from .daemon import Daemon
 
 # prometheus-client and the HTTP server (~4 MB, ~0.1 s) are imported only once an
 # exporter listens: importing this module costs the daemon nothing.
@@ -36,6 +37,34 @@ log = logging.getLogger("xdplbd")
 
 VIP_LABELS = ["vip", "port", "proto"]
 REAL_LABELS = [*VIP_LABELS, "real"]
+
+
+class DaemonView(Protocol):
+    """What the exporter reads from the daemon, and nothing more: the exporter
+    depends on this, not on the Daemon class (which satisfies it)."""
+
+    @property
+    def cfg(self) -> Optional[Config]: ...
+    @property
+    def pin_dir(self) -> str: ...
+    @property
+    def reload_results(self) -> Dict[str, int]: ...
+    @property
+    def last_reload(self) -> Dict[str, Any]: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def applied_at(self) -> str: ...
+    @property
+    def started_at(self) -> str: ...
+    @property
+    def program(self) -> Optional[Program]: ...
+    @property
+    def ifindex(self) -> int: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
 
 
 def _epoch(iso: Any) -> Optional[float]:
@@ -102,7 +131,7 @@ def families(snap: Snapshot) -> List[Metric]:
 class XdplbCollector:
     """Reads the maps (through its own map handles) and the daemon on every scrape."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self._dp: Optional[DataPlane] = None
         self._lock = threading.Lock()
@@ -117,7 +146,7 @@ class XdplbCollector:
         d = self.daemon
         if self._dp is None:
             assert d.cfg is not None
-            self._dp = DataPlane(d.opts.pin_dir, d.cfg.tunables)
+            self._dp = DataPlane(d.pin_dir, d.cfg.tunables)
         return take(self._dp, scan=True)
 
     def collect(self) -> Iterator[Metric]:
@@ -142,7 +171,7 @@ class XdplbCollector:
         rel = CounterMetricFamily("xdplb_reloads", "Config reloads since the daemon started "
                                   "(SIGHUP, `xdplb reload` or a file change), by result",
                                   labels=["result"])
-        results = getattr(d, "reload_results", {})
+        results = d.reload_results
         for result in ("ok", "rejected"):
             rel.add_metric([result], results.get(result, 0))
         yield rel
@@ -178,8 +207,8 @@ class XdplbCollector:
         attached = 0
         if d.ifindex and prog is not None:
             try:
-                attached = int(bpfsys.xdp_query(d.ifindex).prog_id == prog.info.id)
-            except bpfsys.BpfError:
+                attached = int(libbpf.xdp_query(d.ifindex).prog_id == prog.info.id)
+            except libbpf.BpfError:
                 attached = 0
         att.add_metric([d.ifname, d.mode], attached)
         yield att
@@ -215,7 +244,7 @@ def _make_server(host: str, port: int, app: Any) -> WSGIServer:
 class Exporter:
     """The /metrics listener; sync() makes it follow the daemon's config."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self.collector = XdplbCollector(daemon)
         self.registry: Optional[CollectorRegistry] = None
@@ -272,7 +301,7 @@ class Exporter:
             self.collector.close()
 
 
-def start_exporter(daemon: Daemon) -> Exporter:
+def start_exporter(daemon: DaemonView) -> Exporter:
     """The exporter for this daemon, listening if (and while) the config asks for it.
 
     Returns at once: the first listen (imports, bind) happens in a thread, so the

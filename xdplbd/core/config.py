@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
 
-from xdplbd.model import (
+from xdplbd.core.model import (
     PROTOCOLS,
     XDP_MODES,
     Config,

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .lab import IFNAME, NETNS_DIR, Lab, LabSpec, nsenter_cmd
-from .loader import remove_pins
-from .state import read_state
+from xdplbd.kernel.loader import remove_pins
+from xdplbd.lab.topology import IFNAME, NETNS_DIR, Lab, LabSpec, nsenter_cmd
+from xdplbd.service.statefile import read_state
 
 DEMO_PREFIX = "xldemo"
 DEMO_PIN_DIR = "/sys/fs/bpf/xdplb-demo"
@@ -151,7 +151,7 @@ class LbDaemon:
             return []
 
     def argv(self) -> List[str]:
-        argv = [sys.executable, "-m", "xdplbd.daemon", "-c", self.config_path]
+        argv = [sys.executable, "-m", "xdplbd.service.daemon", "-c", self.config_path]
         argv += ["--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
         if self.xdp_mode:
             argv += ["--xdp-mode", self.xdp_mode]
@@ -745,7 +745,8 @@ def _sigterm(_signum: int, _frame: object) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdplbd.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m xdplbd.lab.demo",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--prefix", default=DEMO_PREFIX, help=f"lab prefix (default {DEMO_PREFIX})")
     ap.add_argument("--pin-dir", default=DEMO_PIN_DIR, help=f"default {DEMO_PIN_DIR}")
     ap.add_argument("--wrk-seconds", type=float, default=3.0, help="each wrk run (default 3)")

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from . import conntrack, schema
-from .flowhash import flow_hash, slot_of_hash
-from .model import IPAddress, VipKey
+from xdplbd.core import conntrack, schema
+from xdplbd.core.flowhash import flow_hash, slot_of_hash
+from xdplbd.core.model import IPAddress, VipKey
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import bpfsys
+from xdplbd.kernel import libbpf
 
 log = logging.getLogger("xdplbd")
 
@@ -20,7 +20,7 @@ class AttachError(RuntimeError):
 
 def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode: str) -> str:
     """Make `prog_id` the interface's XDP program; returns the mode it runs in."""
-    current = bpfsys.xdp_query(ifindex)
+    current = libbpf.xdp_query(ifindex)
     if current.prog_id == prog_id:
         return current.mode
     if current.prog_id:
@@ -30,9 +30,9 @@ def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode:
                 f"{ifname} runs XDP in {current.mode} mode and {mode} was asked for; "
                 f"run `xdplb detach` first to change mode (this drops traffic)"
             )
-        old_fd = bpfsys.prog_fd_by_id(current.prog_id)
+        old_fd = libbpf.prog_fd_by_id(current.prog_id)
         try:
-            bpfsys.xdp_attach(ifindex, prog_fd, current.mode, old_prog_fd=old_fd)
+            libbpf.xdp_attach(ifindex, prog_fd, current.mode, old_prog_fd=old_fd)
         finally:
             os.close(old_fd)
         log.info("replaced XDP program %d with %d on %s (%s mode, atomic)",
@@ -42,8 +42,8 @@ def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode:
     errors = []
     for m in modes:
         try:
-            bpfsys.xdp_attach(ifindex, prog_fd, m)
-        except bpfsys.BpfError as e:
+            libbpf.xdp_attach(ifindex, prog_fd, m)
+        except libbpf.BpfError as e:
             errors.append(f"{m}: {e}")
             if mode == "auto":
                 log.warning("native XDP unavailable on %s (%s); falling back to generic",

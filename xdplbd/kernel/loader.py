@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from . import bpfsys
-from .model import Tunables
-from .schema import RETIRED_PINS, MapSpec, map_specs
+from xdplbd.core.model import Tunables
+from xdplbd.core.schema import RETIRED_PINS, MapSpec, map_specs
+from xdplbd.kernel import libbpf
 
 log = logging.getLogger("xdplbd")
 
@@ -34,7 +34,7 @@ def source_path() -> Path:
     env = os.environ.get("XDPLB_BPF_SOURCE")
     candidates = [Path(env)] if env else []
     candidates += [
-        Path(__file__).resolve().parent.parent / "bpf" / "xdplb.c",
+        Path(__file__).resolve().parents[2] / "bpf" / "xdplb.c",  # a checkout: xdplbd/kernel/
         Path("/usr/share/xdplb/bpf/xdplb.c"),
         Path("/usr/local/share/xdplb/bpf/xdplb.c"),
     ]
@@ -95,9 +95,9 @@ def check_pins(pin_dir: str, t: Tunables) -> None:
         path = os.path.join(pin_dir, spec.name)
         if not os.path.exists(path):
             continue
-        fd = bpfsys.obj_get(path)
+        fd = libbpf.obj_get(path)
         try:
-            info = bpfsys.map_info(fd)
+            info = libbpf.map_info(fd)
         finally:
             os.close(fd)
         diff = _describe_mismatch(spec, info)
@@ -111,7 +111,7 @@ def check_pins(pin_dir: str, t: Tunables) -> None:
         )
 
 
-def _describe_mismatch(spec: MapSpec, info: bpfsys.MapInfo) -> Optional[str]:
+def _describe_mismatch(spec: MapSpec, info: libbpf.MapInfo) -> Optional[str]:
     fields = [
         ("type", spec.type, info.type_name),
         ("key size", spec.key_size, info.key_size),
@@ -128,7 +128,7 @@ class Program:
     digest: str
     pin_path: str
     compiled: bool  # False when an identical pinned program was reused
-    info: bpfsys.ProgInfo
+    info: libbpf.ProgInfo
 
 
 def pinned_programs(pin_dir: str) -> List[str]:
@@ -148,8 +148,8 @@ def load(pin_dir: str, t: Tunables) -> Program:
     digest = source_digest(source, flags)
     pin_path = os.path.join(pin_dir, PROG_PREFIX + digest)
     if os.path.exists(pin_path):
-        fd = bpfsys.obj_get(pin_path)
-        return Program(fd, digest, pin_path, False, bpfsys.prog_info(fd))
+        fd = libbpf.obj_get(pin_path)
+        return Program(fd, digest, pin_path, False, libbpf.prog_info(fd))
 
     ensure_kernel_headers()
     from bcc import BPF  # imported lazily: ~70 MB, only needed to compile
@@ -169,10 +169,10 @@ def load(pin_dir: str, t: Tunables) -> Program:
     tmp = os.path.join(pin_dir, "tmp_" + PROG_PREFIX + digest)  # bpffs names allow no dots
     if os.path.exists(tmp):
         os.unlink(tmp)
-    bpfsys.obj_pin(fd, tmp)
+    libbpf.obj_pin(fd, tmp)
     os.rename(tmp, pin_path)
     bpf.cleanup()
-    return Program(fd, digest, pin_path, True, bpfsys.prog_info(fd))
+    return Program(fd, digest, pin_path, True, libbpf.prog_info(fd))
 
 
 def _sync_vip_index(pin_dir: str, t: Tunables) -> None:
@@ -180,7 +180,7 @@ def _sync_vip_index(pin_dir: str, t: Tunables) -> None:
 
     An index created next to pins from an older build starts empty, and the
     plan writes nothing for VIPs that are already live."""
-    from .dataplane import DataPlane
+    from xdplbd.kernel.dataplane import DataPlane
 
     with DataPlane(pin_dir, t) as dp:
         dp.sync_vip_index()

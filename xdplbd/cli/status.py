@@ -13,11 +13,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from . import bpfsys, daemonize, loader
-from .config import ConfigError, config_digest, parse_config
-from .dataplane import DataPlane
-from .snapshot import open_pinned
-from .state import read_state
+from xdplbd.core.config import ConfigError, config_digest, parse_config
+from xdplbd.kernel import libbpf, loader
+from xdplbd.kernel.dataplane import DataPlane
+from xdplbd.kernel.snapshot import open_pinned
+from xdplbd.service import daemonize
+from xdplbd.service.statefile import read_state
 
 STATUS_SCHEMA = 1
 
@@ -34,11 +35,11 @@ def pinned_prog_ids(pin_dir: str) -> Set[int]:
     ids = set()
     for name in loader.pinned_programs(pin_dir):
         try:
-            fd = bpfsys.obj_get(os.path.join(pin_dir, name))
-        except bpfsys.BpfError:
+            fd = libbpf.obj_get(os.path.join(pin_dir, name))
+        except libbpf.BpfError:
             continue
         try:
-            ids.add(bpfsys.prog_info(fd).id)
+            ids.add(libbpf.prog_info(fd).id)
         finally:
             os.close(fd)
     return ids
@@ -59,8 +60,8 @@ def find_attachment(pin_dir: str, hint: Optional[str] = None) -> Optional[Attach
     for name in names:
         try:
             idx = socket.if_nametoindex(name)
-            q = bpfsys.xdp_query(idx)
-        except (OSError, bpfsys.BpfError):
+            q = libbpf.xdp_query(idx)
+        except (OSError, libbpf.BpfError):
             continue
         if q.prog_id in ours:
             return Attachment(name, idx, q.mode, q.prog_id)
