@@ -20,11 +20,12 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from xdplbd import __version__
 from xdplbd.core.config import ConfigError, FieldError, read_config_file
-from xdplbd.core.model import Config, LiveState
+from xdplbd.core.effective import Effective, Neighbour, RealId, effective
+from xdplbd.core.model import Config, IPAddress, LiveState
 from xdplbd.core.plan import PlanError, make_plan
 from xdplbd.kernel import attach, iface, loader
 from xdplbd.kernel.dataplane import DataPlane
@@ -43,6 +44,8 @@ DEFAULT_STATE_DIR = "/run/xdplb"
 # after writing or a rename into place ends a save: reload almost at once. Any
 # other event (a write in progress, a delete before a create) waits to settle.
 FINAL_DELAY_S = 0.005
+# The trigger of an apply asked for by health or neighbour changes (not a config).
+REAPPLY = ("world change",)
 SETTLE_DELAY_S = 0.5
 DEBOUNCE_S = SETTLE_DELAY_S
 # Test-only fault injection: sleep after every map operation, so a test can
@@ -146,6 +149,13 @@ class Daemon:
         self.program: Optional[loader.Program] = None
         self.watcher: Optional[ConfigWatcher] = None
         self._live = LiveState()  # as last read back after an apply
+        # The world the file does not describe (core/effective.py): health verdicts
+        # by (VIP, real) and neighbour entries by real IP. Their owners replace these
+        # providers and call request_apply() when what they say changes.
+        self.health_view: Callable[[], Mapping[RealId, str]] = dict
+        self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
+        self.effective: Optional[Effective] = None  # as last applied
+        self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
         prev = read_state(opts.state_dir)
         # The generation counts applied configs across restarts: a restart that
         # finds the same file already live is the same generation.
@@ -229,12 +239,16 @@ class Daemon:
 
     # --- apply --------------------------------------------------------------
 
+    def _effective(self, cfg: Config) -> Effective:
+        return effective(cfg, self.health_view(), self.neigh_view())
+
     def _apply(self, cfg: Config, digest: str, trigger: str) -> int:
         assert self.dp is not None
         t0 = time.monotonic()
         live = self.dp.read_live()
         t1 = time.monotonic()
-        plan = make_plan(live, cfg, count_moved=False)
+        eff = self._effective(cfg)
+        plan = make_plan(live, eff.config, count_moved=False)
         t2 = time.monotonic()
 
         def on_op(op: object) -> None:
@@ -247,9 +261,9 @@ class Daemon:
         self.dp.apply(plan.ops, on_op)
         settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
         known = self.digest or self._prev_digest
-        if plan.ops or settings_changed or digest != known:
-            self.generation += 1
-        self.cfg, self.digest = cfg, digest
+        if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY):
+            self.generation += 1  # counts configs applied, not health or MAC changes
+        self.cfg, self.digest, self.effective = cfg, digest, eff
         self.applied_at = now_iso()
         log.debug("%s: %d map operations (read %.1f ms, plan %.1f ms, apply %.1f ms)", trigger,
                   len(plan.ops), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -264,8 +278,9 @@ class Daemon:
         """
         assert self.dp is not None
         self._live = self.dp.read_live()
+        want = self.effective.config if self.effective is not None else cfg
         try:
-            left = len(make_plan(self._live, cfg, count_moved=False).ops)
+            left = len(make_plan(self._live, want, count_moved=False).ops)
         except PlanError as e:
             log.warning("the maps read back after the apply: %s", e)
             return
@@ -323,6 +338,28 @@ class Daemon:
         self.notifier.ready(self._status())
         return True
 
+    def request_apply(self, reason: str) -> None:
+        """Ask the main loop for one apply of the live config against the current
+        health and neighbour views (thread-safe; several requests make one apply)."""
+        self._reapply.append(reason)
+        self._wake()
+
+    def _do_reapply(self) -> None:
+        reasons, self._reapply = self._reapply, []
+        if not reasons or self.cfg is None:
+            return
+        try:
+            n = self._apply(self.cfg, self.digest, REAPPLY[0])
+        except PlanError as e:
+            log.error("apply after %s failed; the maps keep their state: %s",
+                      ", ".join(sorted(set(reasons))), e)
+            return
+        self._verify(self.cfg)
+        self._write_state()
+        if n:
+            log.debug("applied %d map operations after %s", n, ", ".join(sorted(set(reasons))))
+        self.notifier.status(self._status())
+
     def _check_restart_only(self, cfg: Config) -> None:
         """Settings baked into the program or the maps cannot change under it."""
         assert self.cfg is not None
@@ -360,11 +397,21 @@ class Daemon:
                 "vip_id": v.id, "ring_digest": f"{v.ring_digest:016x}",
                 "active": active, "draining": len(v.backends) - active,
             }
+            eff = self.effective
+            if eff is not None:
+                vip["failing_open"] = v.key in eff.failing_open
             if with_reals:
-                vip["reals"] = [{"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
-                                 "backend_id": b.id,
-                                 "state": "active" if b.weight else "draining"}
-                                for b in v.backends]
+                vip["reals"] = []
+                for b in v.backends:
+                    real: Dict[str, Any] = {"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
+                                            "backend_id": b.id,
+                                            "state": "active" if b.weight else "draining"}
+                    st = eff.reals.get((v.key, b.ip)) if eff is not None else None
+                    if st is not None:
+                        real.update(health=st.health, state=st.state, mac_source=st.mac_source)
+                        if st.reason:
+                            real["reason"] = st.reason
+                    vip["reals"].append(real)
             vips.append(vip)
         data: Dict[str, Any] = {
             "pid": os.getpid(),
@@ -426,6 +473,8 @@ class Daemon:
                     os.read(self._wake_r, 4096)
                 if self._stop_signal:
                     break
+                if self._reapply:
+                    self._do_reapply()
                 if self._hup:
                     self._hup = False
                     self._reload_due = 0.0  # this reload reads the file anyway
