@@ -60,3 +60,17 @@ def test_a_configured_mac_wins_over_the_neighbour_table() -> None:
     e = effective(cfg(Real(A, MAC[A], 1)), {}, {A: Neighbour("02:ff:ff:ff:ff:ff", True)})
     assert weights(e) == {A: (MAC[A], 1)}
     assert e.reals[(KEY, A)].mac_source == "config"
+
+
+def test_unchanged_vips_stay_the_same_objects() -> None:
+    """The plan memoises ring digests on Vip objects: an apply that changes nothing
+    for a VIP must hand the plan the very same object (1000-VIP reloads stay fast)."""
+    c = cfg(Real(A, MAC[A], 1), Real(B, MAC[B], 1))
+    assert effective(c, {}, {}).config is c
+    down = {(KEY, A): "down", (KEY, B): "up"}
+    first, second = effective(c, down, {}), effective(c, down, {})
+    assert first.config.vips[0] is second.config.vips[0]
+    mac_less = cfg(Real(A, "", 1))
+    neigh = {A: Neighbour("02:aa:00:00:00:01", True)}
+    assert effective(mac_less, {}, neigh).config.vips[0] is \
+        effective(mac_less, {}, neigh).config.vips[0]

@@ -66,6 +66,20 @@ def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[
     return n.mac, n.resolved, "neighbour" if n.resolved else "unresolved"
 
 
+# The last effective Vip object built for each VIP key: the plan memoises ring
+# texts and digests on the object (model.Vip), so a VIP whose effective reals did
+# not change must stay the same object from one apply to the next, or every reload
+# rebuilds every ring digest. One entry per VIP: pruned to the config's VIPs.
+_last_vip: Dict[VipKey, Vip] = {}
+
+
+def _vip(key: VipKey, reals: Tuple[Real, ...]) -> Vip:
+    v = _last_vip.get(key)
+    if v is None or v.reals != reals:
+        v = _last_vip[key] = Vip(key, reals)
+    return v
+
+
 def effective(cfg: Config, health: Mapping[RealId, str],
               neigh: Mapping[IPAddress, Neighbour]) -> Effective:
     """The config the maps must hold now, and why each real is where it is.
@@ -96,6 +110,14 @@ def effective(cfg: Config, health: Mapping[RealId, str],
             statuses[(vip.key, real.ip)] = RealStatus(h, state, mac, source, reason)
             if mac is not None:
                 weight = real.weight if state == ACTIVE else 0
-                reals.append(replace(real, mac=mac, weight=weight))
-        vips.append(Vip(vip.key, tuple(reals)))
-    return Effective(replace(cfg, vips=tuple(vips)), statuses, frozenset(failing_open))
+                same = mac == real.mac and weight == real.weight
+                reals.append(real if same else replace(real, mac=mac, weight=weight))
+        kept = tuple(reals)
+        vips.append(vip if kept == vip.reals else _vip(vip.key, kept))
+    if len(_last_vip) > 2 * len(cfg.vips) + 64:
+        wanted = {v.key for v in cfg.vips}
+        for key in [k for k in _last_vip if k not in wanted]:
+            del _last_vip[key]
+    unchanged = all(a is b for a, b in zip(vips, cfg.vips))
+    eff_cfg = cfg if unchanged else replace(cfg, vips=tuple(vips))
+    return Effective(eff_cfg, statuses, frozenset(failing_open))
