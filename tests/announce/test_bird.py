@@ -128,3 +128,19 @@ def test_the_announcer_retries_until_bird_is_up_and_follows_maintenance(
     assert bird.route_count(b.sock, PROTOCOL_V4) == 1
     a.update(None, eff, attached=True)  # the config drops the announcement: emptied
     assert bird.route_count(b.sock, PROTOCOL_V4) == 0
+
+
+def test_the_shipped_example_config_parses(tmp_path: Path) -> None:
+    """etc/xdplb/bird.conf.example is valid BIRD 2 with the fragment xdplbd writes."""
+    root = Path(__file__).resolve().parents[2]
+    frag = tmp_path / "xdplb-vips.conf"
+    frag.write_text(render_bird(decide(effective(CFG, {}, {}), True, False).routes))
+    text = (root / "etc/xdplb/bird.conf.example").read_text()
+    assert 'include "/etc/bird/xdplb-vips.conf";' in text
+    conf = tmp_path / "bird.conf"
+    conf.write_text(text.replace("/etc/bird/xdplb-vips.conf", str(frag)))
+    r = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for needle in ('export where proto = "xdplb_vips4"', 'export where proto = "xdplb_vips6"',
+                   'export where proto != "xdplb_vips4"', "bfd on"):
+        assert needle in text

@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_detach)
     m = sub.add_parser("maintenance", help="withdraw (on) or announce again (off) this "
                        "node's VIPs; returns once BIRD has the new routes")
-    m.add_argument("state", choices=["on", "off"])
+    m.add_argument("state", metavar="on|off", choices=["on", "off"])
     m.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     _dirs(m)
     m.set_defaults(func=cmd_maintenance)
