@@ -282,15 +282,19 @@ class LbDaemon:
         self, *args: str, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """`xdplb ARGS --pin-dir P --state-dir S`, run in the LB's namespace."""
-        argv = [sys.executable, "-m", "xdplbd.cli", *args]
-        argv += ["--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
         return subprocess.run(
-            nsenter_cmd(self.lab.ns_lb, argv),
+            self.cli_argv(*args),
             capture_output=True,
             text=True,
             check=check,
             timeout=timeout,
         )
+
+    def cli_argv(self, *args: str) -> List[str]:
+        """The command line of `xdplb ARGS` for this daemon, in the LB's namespace."""
+        argv = [sys.executable, "-m", "xdplbd.cli", *args]
+        argv += ["--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
+        return nsenter_cmd(self.lab.ns_lb, argv)
 
     def reload(self) -> subprocess.CompletedProcess[str]:
         """`xdplb reload`: SIGHUP, returns after the daemon has applied (or rejected)."""
