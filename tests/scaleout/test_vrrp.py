@@ -3,7 +3,9 @@ the backup takes the VIP, established connections keep their real (issue 15)."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -16,6 +18,15 @@ from xdplbd.lab.scaleout import VRRP_VIP, LongConns, ScaleLab, ScaleSpec, url_of
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[ScaleLab]:
     yield from lab_fixture(request, ScaleSpec(prefix=prefix("v"), n_lbs=0, n_reals=3, vrrp=True))
+
+
+def test_the_shipped_keepalived_example_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "etc/xdplb/keepalived.conf.example"
+    log = tmp_path / "check.log"
+    r = subprocess.run(["keepalived", "--vrrp", f"--config-test={log}", "-f", str(example)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout, r.stderr, log.read_text() if log.exists() else "")
+    assert "vrrp_instance" in example.read_text()
 
 
 def test_same_config_on_both_nodes(lab: ScaleLab) -> None:
