@@ -46,7 +46,13 @@ def test_master_fails_backup_takes_the_vip_connections_keep_their_real(lab: Scal
         on = lab.flows_by_node(0.5, VRRP_VIP)
         assert all(on.get(p) == {"va"} for p in lc.ports), on  # active/passive
         t0 = lab.kill("va")
-        wait_for(lambda: lab.vrrp_master() == "vb", 10, "vb to take the VIP", interval=0.005)
+        try:
+            wait_for(lambda: lab.vrrp_master() == "vb", 10, "vb to take the VIP",
+                     interval=0.005)
+        except TimeoutError:
+            raise AssertionError(f"vb never took the VIP; its keepalived:\n"
+                                 f"{lab.keepalived_log('vb')}\nva's:\n"
+                                 f"{lab.keepalived_log('va')}") from None
         takeover_s = time.monotonic() - t0
         time.sleep(2.5)
         now = lab.flows_by_node(0.5, VRRP_VIP)

@@ -436,6 +436,9 @@ class ScaleLab:
                 wait_for(lambda: self.nexthops(VIP6) == want6, 10, f"v6 ECMP over {sorted(want6)}")
             if self.spec.vrrp:
                 wait_for(lambda: self.vrrp_master() == "va", 15, "va to become VRRP master")
+                # ... and vb ready to take over (the master holds the VIP at once).
+                wait_for(lambda: "Entering BACKUP STATE" in self.keepalived_log("vb", 1000),
+                         15, "vb to enter the VRRP BACKUP state")
         except BaseException:
             self.down()
             raise
@@ -694,6 +697,14 @@ class ScaleLab:
             if VRRP_VIP in addrs:
                 return n.name
         return None
+
+    def keepalived_log(self, name: str, lines: int = 15) -> str:
+        """The end of a VRRP node's keepalived log (for failure messages)."""
+        try:
+            with open(os.path.join(self.node(name).dir, "keepalived.log"), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError as e:
+            return str(e)
 
     def tx_packets(self) -> Dict[str, int]:
         """Each running node's XDP_TX count, from its pinned maps (`xdplb stats --json`)."""
