@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit lint bench demo clean install uninstall
+.PHONY: setup test test-unit lint bench demo demo-scaleout clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -24,6 +24,10 @@ bench: setup
 
 demo: setup
 	$(PY) -m xdplbd.lab.demo
+
+# Three LB nodes behind a BIRD router (BGP, ECMP, BFD): spread, a node dies, it rejoins.
+demo-scaleout: setup
+	$(PY) -m xdplbd.lab.scaleout demo
 
 # install/uninstall do not run the dev set-up: they install only what xdplbd
 # needs at run time (scripts/install.sh, docs/install.md). Idempotent.

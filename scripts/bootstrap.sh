@@ -18,9 +18,9 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 # --- distro packages ------------------------------------------------------
 DEB_PKGS=(python3 python3-venv python3-bpfcc libbpf1 iproute2 ethtool
   nginx-light wrk socat curl tcpdump tmux debootstrap systemd-container
-  groff-base man-db bpftool kmod zstd make)
+  groff-base man-db bpftool kmod zstd make bird2 keepalived)
 RPM_PKGS=(python3 python3-bcc libbpf iproute ethtool nginx socat curl
-  tcpdump tmux systemd-container groff-base man-db bpftool kernel-devel)
+  tcpdump tmux systemd-container groff-base man-db bpftool kernel-devel bird keepalived)
 
 # shellcheck source=scripts/apt-missing.sh
 . "$ROOT/scripts/apt-missing.sh"

@@ -12,6 +12,8 @@
 #   $PREFIX/share/xdplb/bpf/xdplb.c           data plane source (compiled at run time)
 #   $PREFIX/lib/systemd/system/xdplb.service  the unit (override with `systemctl edit`)
 #   /etc/xdplb/lb_conf.json                   config, 0644 root:root, only if absent
+#   /etc/xdplb/bird.conf.example              BIRD 2 for route announcement, 0644
+#   /etc/xdplb/keepalived.conf.example        keepalived VRRP (active/passive), 0644
 #   $PREFIX/share/man/man{5,8}/               xdplbd(8), xdplb(8), lb_conf.json(5)
 #   $PREFIX/share/bash-completion/completions/xdplb
 #
@@ -194,8 +196,11 @@ do_install() {
   put 0644 "$ROOT/man/lb_conf.json.5" "$DESTDIR$MANDIR/man5/lb_conf.json.5"
   put 0644 "$ROOT/completion/xdplb.bash" "$DESTDIR$COMPDIR/xdplb"
 
-  # The config is the operator's: created once, never overwritten.
+  # The config is the operator's: created once, never overwritten. The BIRD
+  # and keepalived examples (docs/scale-out.md) are ours: always current.
   install -d -m 0755 "$DESTDIR$CONFDIR"
+  put 0644 "$ROOT/etc/xdplb/bird.conf.example" "$DESTDIR$CONFDIR/bird.conf.example"
+  put 0644 "$ROOT/etc/xdplb/keepalived.conf.example" "$DESTDIR$CONFDIR/keepalived.conf.example"
   if [ -e "$DESTDIR$CONFDIR/lb_conf.json" ]; then
     log "keeping existing $CONFDIR/lb_conf.json"
   else
@@ -229,7 +234,8 @@ do_uninstall() {
   done
   rm -rf "$DESTDIR$VENVDIR" "$DESTDIR$DATADIR"
   rm -f "$DESTDIR$MANDIR/man8/xdplbd.8" "$DESTDIR$MANDIR/man8/xdplb.8" \
-    "$DESTDIR$MANDIR/man5/lb_conf.json.5" "$DESTDIR$COMPDIR/xdplb"
+    "$DESTDIR$MANDIR/man5/lb_conf.json.5" "$DESTDIR$COMPDIR/xdplb" \
+    "$DESTDIR$CONFDIR/bird.conf.example" "$DESTDIR$CONFDIR/keepalived.conf.example"
   if [ -z "$DESTDIR" ]; then rm -rf /run/xdplb; fi
   if [ -e "$DESTDIR$CONFDIR/lb_conf.json" ]; then
     log "kept $CONFDIR/lb_conf.json (remove it yourself if you want it gone)"

@@ -684,7 +684,8 @@ def test_make_install_destdir_and_prefix(tmp_path: Path) -> None:
     assert not staged, staged
     for f in ("usr/share/xdplb/bpf/xdplb.c", "usr/share/man/man8/xdplbd.8",
               "usr/share/man/man8/xdplb.8", "usr/share/man/man5/lb_conf.json.5",
-              "usr/share/bash-completion/completions/xdplb", "etc/xdplb/lb_conf.json"):
+              "usr/share/bash-completion/completions/xdplb", "etc/xdplb/lb_conf.json",
+              "etc/xdplb/bird.conf.example", "etc/xdplb/keepalived.conf.example"):
         assert (dest / f).is_file(), f
     assert (dest / "etc/xdplb/lb_conf.json").stat().st_mode & 0o777 == 0o644
     # the checkout stays clean (the build ran on a copy)

@@ -189,7 +189,7 @@ CASES = [
     (
         _set(["wat"], 1),
         "wat",
-        'unknown key "wat" (allowed: interface, xdp_mode, vips, tunables, metrics)',
+        'unknown key "wat" (allowed: interface, xdp_mode, vips, tunables, metrics, announce)',
     ),
     (_set(["vips", 0, "prot"], "tcp"), "vips[0].prot", 'unknown key "prot"'),
     (_set(["interface"], "eth0:1"), "interface", '"eth0:1" is not a valid interface name'),

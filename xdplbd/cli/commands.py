@@ -21,12 +21,14 @@ from typing import Any, Dict, Optional, Sequence
 from xdplbd import __version__
 from xdplbd.cli.status import pinned_prog_ids
 from xdplbd.core import schema
+from xdplbd.core.announce import PROTOCOL_V4, PROTOCOL_V6, render_bird
 from xdplbd.core.config import ConfigError
 from xdplbd.core.model import LiveState, VipKey
 from xdplbd.core.plan import PlanError, make_plan, render_plan
 from xdplbd.kernel import libbpf, loader
 from xdplbd.kernel.snapshot import open_pinned, stats_json, take
-from xdplbd.service import daemonize
+from xdplbd.service import bird, daemonize
+from xdplbd.service.announcer import set_maintenance
 from xdplbd.service.daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
 from xdplbd.service.statefile import read_state
 
@@ -130,6 +132,61 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if data["daemon"]["running"] else EXIT_NOT_RUNNING
 
 
+# --- route announcement ---------------------------------------------------------
+
+def withdraw_all(announce: Dict[str, Any], timeout: float) -> Optional[str]:
+    """Empty this node's BIRD fragment and wait until BIRD holds none of its routes.
+    Returns None when done, else why not."""
+    path, sock = str(announce.get("file", "")), str(announce.get("socket", ""))
+    try:
+        bird.write_atomically(path, render_bird(()))
+        bird.configure(sock)
+        deadline = time.monotonic() + timeout
+        while any(bird.route_count(sock, p) for p in (PROTOCOL_V4, PROTOCOL_V6)):
+            if time.monotonic() > deadline:
+                return f"BIRD still holds VIP routes after {timeout:.0f} s"
+            time.sleep(0.02)
+    except (OSError, bird.BirdError) as e:
+        return str(e)
+    return None
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    on = args.state == "on"
+    state = read_state(args.state_dir)
+    set_maintenance(args.state_dir, on)
+    announce = state.get("announce")
+    pid = int(state.get("pid", 0))
+    word = "on: this node withdraws its VIPs" if on else "off: this node announces its VIPs"
+    if pid_alive(pid):
+        before = int(state.get("reloads", 0))
+        os.kill(pid, signal.SIGHUP)  # the reload re-reads the flag and re-announces
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            state = read_state(args.state_dir)
+            a = state.get("announce") or {}
+            if int(state.get("reloads", 0)) > before and a.get("maintenance", on) == on:
+                if a.get("error"):
+                    _err(f"maintenance {args.state}, but BIRD did not take it: {a['error']}")
+                    return EXIT_FAIL
+                print(f"maintenance {word}" + ("" if a else
+                      " (no route announcement is configured)"))
+                return EXIT_OK
+            time.sleep(0.05)
+        _err(f"xdplbd (pid {pid}) did not apply maintenance within {args.timeout:.0f} s")
+        return EXIT_FAIL
+    if on and isinstance(announce, dict) and announce.get("file"):
+        why = withdraw_all(announce, args.timeout)
+        if why:
+            _err(f"maintenance on, but the routes are not withdrawn: {why}")
+            return EXIT_FAIL
+        print(f"maintenance {word} (xdplbd is not running: emptied {announce['file']})")
+        return EXIT_OK
+    print(f"maintenance {args.state} recorded; xdplbd is not running"
+          + ("" if on else ": start it to announce again"))
+    return EXIT_OK
+
+
 # --- detach --------------------------------------------------------------------
 
 def cmd_detach(args: argparse.Namespace) -> int:
@@ -138,6 +195,15 @@ def cmd_detach(args: argparse.Namespace) -> int:
     if pid_alive(pid):
         _err(f"xdplbd (pid {pid}) is running; stop it first")
         return EXIT_FAIL
+    announce = state.get("announce")
+    if isinstance(announce, dict) and announce.get("file"):
+        # Withdraw before anything that stops forwarding: the router must stop
+        # sending us the VIPs before the program goes.
+        why = withdraw_all(announce, args.timeout)
+        if why:
+            _err(f"not detaching: the VIP routes are not withdrawn: {why}")
+            return EXIT_FAIL
+        print(f"withdrew the VIP routes ({announce['file']})")
     ifname = args.interface or state.get("interface")
     ours = pinned_prog_ids(args.pin_dir)
     if ifname:
@@ -434,10 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     _dirs(e)
     e.set_defaults(func=cmd_explain)
 
-    d = sub.add_parser("detach", help="remove the XDP program and all pins (drops traffic)")
+    d = sub.add_parser("detach", help="withdraw the VIP routes, then remove the XDP program "
+                       "and all pins (drops traffic)")
     d.add_argument("-i", "--interface", help="interface (default: the one in state.toml)")
+    d.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for BIRD to drop the routes (default 10)")
     _dirs(d)
     d.set_defaults(func=cmd_detach)
+    m = sub.add_parser("maintenance", help="withdraw (on) or announce again (off) this "
+                       "node's VIPs; returns once BIRD has the new routes")
+    m.add_argument("state", metavar="on|off", choices=["on", "off"])
+    m.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    _dirs(m)
+    m.set_defaults(func=cmd_maintenance)
     return p
 
 

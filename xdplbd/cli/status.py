@@ -72,6 +72,7 @@ def _vips_from_maps(dp: DataPlane) -> List[Dict[str, Any]]:
     return [
         {
             "vip": str(v.key.addr), "port": v.key.port, "protocol": v.key.proto, "vip_id": v.id,
+            "ring_digest": f"{v.ring_digest:016x}",
             "reals": [{"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
                        "state": "active" if b.weight else "draining", "backend_id": b.id}
                       for b in v.backends],
@@ -97,7 +98,8 @@ def _vips_from_state(state: Dict[str, Any]) -> List[Dict[str, Any]]:
         else:
             reals = from_config.get((v.get("vip"), v.get("port"), v.get("protocol")), [])
         out.append({"vip": v.get("vip"), "port": v.get("port"), "protocol": v.get("protocol"),
-                    "vip_id": v.get("vip_id"), "reals": reals})
+                    "vip_id": v.get("vip_id"), "ring_digest": v.get("ring_digest"),
+                    "reals": reals})
     return out
 
 
@@ -136,6 +138,11 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
     else:
         vips = _vips_from_state(state)
     last = state.get("last_reload")
+    announce = state.get("announce") if isinstance(state.get("announce"), dict) else None
+    for v in vips:
+        host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
+        per_vip = (announce or {}).get("vips", {}).get(f"{host}:{v['port']}/{v['protocol']}")
+        v["announce"] = dict(per_vip) if isinstance(per_vip, dict) else None
     return {
         "schema": STATUS_SCHEMA,
         "daemon": {
@@ -162,6 +169,9 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
         },
         "reloads": int(state.get("reloads", 0) or 0),
         "last_reload": dict(last) if isinstance(last, dict) else None,
+        "announce": None if announce is None else {
+            k: announce.get(k) for k in ("file", "socket", "maintenance", "routes",
+                                         "configured_at", "error")},
         "vips": vips,
     }
 
@@ -191,10 +201,23 @@ def render_text(data: Dict[str, Any]) -> str:
                      f"[{data['reloads']} reloads]")
         if lr.get("error"):
             lines += ["  " + ln for ln in str(lr["error"]).splitlines()]
+    a = data.get("announce")
+    if a:
+        routes = a.get("routes") or []
+        shown = ", ".join(r["prefix"] + (" (last resort)" if r.get("last_resort") else "")
+                          for r in routes) or "nothing"
+        lines.append(f"announce:    {'MAINTENANCE: ' if a.get('maintenance') else ''}"
+                     f"{shown} via BIRD ({a.get('file')})")
+        if a.get("error"):
+            lines.append(f"  problem: {a['error']}")
     lines.append(f"VIPs:        {len(data['vips'])}")
     for v in data["vips"]:
         host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
-        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals)")
+        ann = v.get("announce")
+        why = ""
+        if ann:
+            why = f"  [{ann.get('state')}{': ' + ann['reason'] if ann.get('reason') else ''}]"
+        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals){why}")
         for r in v["reals"]:
             lines.append(f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']}")
     return "\n".join(lines)

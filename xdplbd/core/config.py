@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 from xdplbd.core.model import (
     PROTOCOLS,
     XDP_MODES,
+    BirdAnnounce,
     Config,
     IPAddress,
     Metrics,
@@ -34,7 +35,9 @@ MAX_WEIGHT = 1000
 MAX_UDP_TIMEOUT = 64800  # 18 h: conntrack entries keep time in 16 bits of ~1.07 s ticks
 RING_SLOTS_PER_REAL = 100  # Maglev paper: M >= 100 x N keeps shares within ~1%
 
-_TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics")
+_TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics", "announce")
+_ANNOUNCE_KEYS = ("bird",)
+_BIRD_KEYS = ("file", "socket")
 _VIP_KEYS = ("vip", "port", "protocol", "reals")
 _REAL_KEYS = ("ip", "mac", "weight")
 _TUNABLE_KEYS = ("max_vips", "max_reals", "conntrack_size", "ring_size", "udp_timeout")
@@ -479,6 +482,7 @@ class _Validator:
                 xdp_mode = mode
         tunables, tun_ok = self.tunables(top.get("tunables"), "tunables" in top)
         metrics = self.metrics(top["metrics"]) if "metrics" in top else Metrics()
+        bird = self.announce(top["announce"]) if "announce" in top else None
         if "vips" not in top:
             self.err("vips", "is required")
             return None
@@ -491,6 +495,7 @@ class _Validator:
             xdp_mode=xdp_mode,
             tunables=tunables,
             metrics=metrics,
+            bird=bird,
         )
 
     def tunables(self, value: Any, given: bool) -> Tuple[Tunables, Dict[str, bool]]:
@@ -537,6 +542,30 @@ class _Validator:
             self.err("metrics.listen", f"{json.dumps(listen)}: {reason}")
             return Metrics()
         return Metrics(listen=listen)
+
+    def announce(self, value: Any) -> Optional[BirdAnnounce]:
+        obj = self.obj(value, "announce", _ANNOUNCE_KEYS)
+        if obj is None or "bird" not in obj:
+            return None
+        bird = self.obj(obj["bird"], "announce.bird", _BIRD_KEYS)
+        if bird is None:
+            return None
+        if "file" not in bird:
+            self.err("announce.bird.file", "is required")
+            return None
+        paths: Dict[str, str] = {}
+        for key in _BIRD_KEYS:
+            if key not in bird:
+                continue
+            path = f"announce.bird.{key}"
+            s = self.string(bird[key], path)
+            if s is None:
+                return None
+            if not s.startswith("/") or "\0" in s or s.endswith("/"):
+                self.err(path, f"{json.dumps(s)} is not an absolute file path")
+                return None
+            paths[key] = s
+        return BirdAnnounce(**paths)
 
     def vips(self, value: Any, tun: Tunables, tun_ok: Dict[str, bool]) -> Optional[Tuple[Vip, ...]]:
         if isinstance(value, _VipTexts):  # the fast path

@@ -92,12 +92,21 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class BirdAnnounce:
+    """Route announcement through BIRD 2 (core/announce.py, service/bird.py)."""
+
+    file: str  # the include fragment xdplbd writes (two static protocols)
+    socket: str = "/run/bird/bird.ctl"  # BIRD's control socket, to ask it to reconfigure
+
+
+@dataclass(frozen=True)
 class Config:
     vips: Tuple[Vip, ...]
     interface: Optional[str] = None
     xdp_mode: str = "auto"
     tunables: Tunables = field(default_factory=Tunables)
     metrics: Metrics = field(default_factory=Metrics)
+    bird: Optional[BirdAnnounce] = None  # announce.bird; None = no route announcement
 
 
 # -- Live state: what the pinned maps hold, as read back by the shell --------

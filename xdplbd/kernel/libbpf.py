@@ -26,6 +26,7 @@ MAP_TYPES = {
     13: "hash_of_maps",
 }
 MAP_TYPE_ARRAY = 2
+PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_XDP = 6
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -435,13 +436,14 @@ def stub_insns(action: int) -> bytes:
     return insn(0xB7, dst=0, imm=action) + insn(0x95)  # BPF_ALU64|BPF_MOV|BPF_K ; BPF_JMP|BPF_EXIT
 
 
-def load_insns(insns: bytes, name: str = "xdp_stub") -> int:
-    """Load raw instructions as an XDP program; return its fd (the caller closes it)."""
+def load_insns(insns: bytes, name: str = "xdp_stub", prog_type: int = PROG_TYPE_XDP) -> int:
+    """Load raw instructions as a program (XDP unless *prog_type* says otherwise, e.g. the
+    lab router's tc program); return its fd (the caller closes it)."""
     if not insns or len(insns) % 8:
         raise ValueError("instructions must be a non-empty multiple of 8 bytes")
     buf = ctypes.create_string_buffer(insns, len(insns))
     return _check(
-        lib().bpf_prog_load(PROG_TYPE_XDP, name.encode()[:15], b"GPL", buf, len(insns) // 8, None),
+        lib().bpf_prog_load(prog_type, name.encode()[:15], b"GPL", buf, len(insns) // 8, None),
         f"load program {name}",
     )
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Union
 
 from xdplbd.kernel.loader import remove_pins
 from xdplbd.lab.topology import IFNAME, NETNS_DIR, Lab, LabSpec, nsenter_cmd
@@ -98,6 +98,27 @@ class DaemonError(RuntimeError):
     pass
 
 
+class LbHost(Protocol):
+    """Where an :class:`LbDaemon` runs: the single-LB :class:`Lab`, or one node of the
+    scale-out lab (lab/scaleout.py)."""
+
+    @property
+    def ns_lb(self) -> str: ...
+
+    @property
+    def state_dir(self) -> str: ...
+
+
+class ClientHost(Protocol):
+    """Where :class:`Wrk` runs: a lab's client namespace, and a directory for its script."""
+
+    @property
+    def ns_client(self) -> str: ...
+
+    @property
+    def state_dir(self) -> str: ...
+
+
 class LbDaemon:
     """xdplbd in a lab's LB namespace, with its own config file, pin and state dirs.
 
@@ -107,7 +128,7 @@ class LbDaemon:
 
     def __init__(
         self,
-        lab: Lab,
+        lab: LbHost,
         pin_dir: str,
         *,
         xdp_mode: Optional[str] = None,
@@ -261,15 +282,19 @@ class LbDaemon:
         self, *args: str, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """`xdplb ARGS --pin-dir P --state-dir S`, run in the LB's namespace."""
-        argv = [sys.executable, "-m", "xdplbd.cli", *args]
-        argv += ["--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
         return subprocess.run(
-            nsenter_cmd(self.lab.ns_lb, argv),
+            self.cli_argv(*args),
             capture_output=True,
             text=True,
             check=check,
             timeout=timeout,
         )
+
+    def cli_argv(self, *args: str) -> List[str]:
+        """The command line of `xdplb ARGS` for this daemon, in the LB's namespace."""
+        argv = [sys.executable, "-m", "xdplbd.cli", *args]
+        argv += ["--pin-dir", self.pin_dir, "--state-dir", self.state_dir]
+        return nsenter_cmd(self.lab.ns_lb, argv)
 
     def reload(self) -> subprocess.CompletedProcess[str]:
         """`xdplb reload`: SIGHUP, returns after the daemon has applied (or rejected)."""
@@ -390,7 +415,7 @@ class Wrk:
 
     def __init__(
         self,
-        lab: Lab,
+        lab: ClientHost,
         url: str,
         *,
         connections: int = 16,

@@ -27,9 +27,10 @@ from xdplbd.core.config import ConfigError, FieldError, read_config_file
 from xdplbd.core.effective import Effective, Neighbour, RealId, effective
 from xdplbd.core.model import Config, IPAddress, LiveState
 from xdplbd.core.plan import PlanError, make_plan
-from xdplbd.kernel import attach, iface, loader
+from xdplbd.kernel import attach, iface, libbpf, loader
 from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.service import logsetup
+from xdplbd.service.announcer import Announcer
 from xdplbd.service.configwatch import ConfigWatcher
 from xdplbd.service.metrics import start_exporter
 from xdplbd.service.notify import Notifier
@@ -156,6 +157,7 @@ class Daemon:
         self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
         self.effective: Optional[Effective] = None  # as last applied
         self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
+        self.announcer = Announcer(opts.state_dir)  # the VIP routes BIRD announces
         prev = read_state(opts.state_dir)
         # The generation counts applied configs across restarts: a restart that
         # finds the same file already live is the same generation.
@@ -224,6 +226,7 @@ class Daemon:
             self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,
                                                self.program.info.id, mode)
             loader.remove_stale_pins(self.opts.pin_dir, self.program.pin_path)
+            self._announce()
         except (iface.InterfaceError, loader.LoadError, attach.AttachError, PlanError,
                 OSError) as e:
             log.error("cannot start: %s", e)
@@ -330,6 +333,7 @@ class Daemon:
             return False
         ms = (time.monotonic() - t0) * 1000
         self._verify(cfg)
+        self._announce()
         self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "ok",
                             "operations": n, "duration_ms": round(ms, 1)}
         self._write_state()
@@ -337,6 +341,24 @@ class Daemon:
                  "applied" if n else "no changes", self.generation, n, ms)
         self.notifier.ready(self._status())
         return True
+
+    @property
+    def announcement(self) -> Dict[str, Any]:
+        """What this node announces and why (for metrics; {} when not configured)."""
+        return self.announcer.status()
+
+    def attached(self) -> bool:
+        """Our program is the interface's XDP program now (the kernel holds the truth)."""
+        if not self.ifindex or self.program is None:
+            return False
+        try:
+            return libbpf.xdp_query(self.ifindex).prog_id == self.program.info.id
+        except libbpf.BpfError:
+            return False
+
+    def _announce(self) -> None:
+        if self.cfg is not None and self.effective is not None:
+            self.announcer.update(self.cfg.bird, self.effective, self.attached())
 
     def request_apply(self, reason: str) -> None:
         """Ask the main loop for one apply of the live config against the current
@@ -355,6 +377,7 @@ class Daemon:
                       ", ".join(sorted(set(reasons))), e)
             return
         self._verify(self.cfg)
+        self._announce()
         self._write_state()
         if n:
             log.debug("applied %d map operations after %s", n, ", ".join(sorted(set(reasons))))
@@ -435,6 +458,9 @@ class Daemon:
         }
         if self.last_reload:
             data["last_reload"] = self.last_reload
+        announce = self.announcer.status()
+        if announce:
+            data["announce"] = announce
         write_state(self.opts.state_dir, data)
 
     # --- main loop -----------------------------------------------------------
@@ -465,9 +491,9 @@ class Daemon:
                     self.notifier.watchdog()
                     next_ping = now + wd
                 timeout = 1.0 if wd is None else max(0.0, next_ping - now)
-                due = self._reload_due
-                if due:
-                    timeout = min(timeout, max(0.0, due - now))
+                for due in (self._reload_due, self.announcer.retry_due):
+                    if due:
+                        timeout = min(timeout, max(0.0, due - now))
                 select.select([self._wake_r], [], [], timeout)
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -475,6 +501,8 @@ class Daemon:
                     break
                 if self._reapply:
                     self._do_reapply()
+                if self.announcer.retry_due:
+                    self.announcer.retry()
                 if self._hup:
                     self._hup = False
                     self._reload_due = 0.0  # this reload reads the file anyway

@@ -65,6 +65,8 @@ class DaemonView(Protocol):
     def ifname(self) -> str: ...
     @property
     def mode(self) -> str: ...
+    @property
+    def announcement(self) -> Dict[str, Any]: ...
 
 
 def _epoch(iso: Any) -> Optional[float]:
@@ -212,6 +214,28 @@ class XdplbCollector:
                 attached = 0
         att.add_metric([d.ifname, d.mode], attached)
         yield att
+        yield from _announce_families(d.announcement)
+
+
+def _announce_families(ann: Dict[str, Any]) -> Iterator[Metric]:
+    """Route announcement (core/announce.py): one-hot state per VIP, and maintenance."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    if not ann:
+        return
+    yield GaugeMetricFamily("xdplb_maintenance", "1 if this node is in maintenance (its "
+                            "VIPs withdrawn)", value=int(bool(ann.get("maintenance"))))
+    yield GaugeMetricFamily("xdplb_announce_ok", "1 if BIRD took the last VIP route "
+                            "update, 0 if it is being retried", value=int(not ann.get("error")))
+    st = GaugeMetricFamily("xdplb_vip_announce", "1 for the VIP's announcement state: "
+                           "announced, last-resort (no up real here) or withdrawn",
+                           labels=[*VIP_LABELS, "state"])
+    for key, v in sorted(ann.get("vips", {}).items()):
+        host, _, rest = key.rpartition(":")
+        port, _, proto = rest.partition("/")
+        for state in ("announced", "last-resort", "withdrawn"):
+            st.add_metric([host.strip("[]"), port, proto, state], int(v.get("state") == state))
+    yield st
 
 
 # --- the HTTP listener -----------------------------------------------------------------
