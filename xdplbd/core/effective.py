@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, FrozenSet, Mapping, Optional, Tuple
 
-from xdplbd.core.model import Config, IPAddress, Real, Vip, VipKey
+from xdplbd.core.model import Config, IPAddress, Real, VipKey
 
 UP, DOWN, UNCHECKED = "up", "down", "unchecked"
 ACTIVE, DRAINING, STATE_DOWN = "active", "draining", "down"
@@ -97,5 +97,5 @@ def effective(cfg: Config, health: Mapping[RealId, str],
             if mac is not None:
                 weight = real.weight if state == ACTIVE else 0
                 reals.append(replace(real, mac=mac, weight=weight))
-        vips.append(Vip(vip.key, tuple(reals)))
+        vips.append(replace(vip, reals=tuple(reals)))
     return Effective(replace(cfg, vips=tuple(vips)), statuses, frozenset(failing_open))
