@@ -102,7 +102,12 @@ async def _round(vips: List[Vip], ifname: str) -> Dict[Tuple[str, str], List[Fin
 
     def syn(probe: Probe) -> asyncio.Future[Result]:
         fut: asyncio.Future[Result] = loop.create_future()
-        prober.launch(probe, lambda r: fut.done() or fut.set_result(r))
+
+        def done(r: Result) -> None:
+            if not fut.done():
+                fut.set_result(r)
+
+        prober.launch(probe, done)
         return fut
 
     jobs: List[Tuple[Tuple[str, str], str, Any]] = []

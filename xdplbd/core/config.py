@@ -18,9 +18,9 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
 
 from xdplbd.core.model import (
+    HEALTHCHECK_TYPES,
     PROTOCOLS,
     XDP_MODES,
-    HEALTHCHECK_TYPES,
     Config,
     HealthCheck,
     IPAddress,
@@ -629,7 +629,10 @@ class _Validator:
                 ok = False
         reals: Optional[Tuple[Real, ...]] = None
         if "reals" in obj:
-            reals = self.reals(obj["reals"], f"{path}.reals", addr, seen_mac, check)
+            # A VIP check already reported invalid: judge the reals' overrides on the
+            # defaults rather than report their missing "type" too.
+            base = check if check is not None or "healthcheck" not in obj else HealthCheck()
+            reals = self.reals(obj["reals"], f"{path}.reals", addr, seen_mac, base)
         if not ok or addr is None or port is None or proto is None or reals is None:
             return None
         return Vip(key=VipKey(addr=addr, port=port, proto=proto), reals=reals, healthcheck=check)

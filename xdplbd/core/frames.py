@@ -40,7 +40,7 @@ def checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum."""
     if len(data) & 1:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s & 0xFFFF) + (s >> 16)
     s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -149,9 +149,10 @@ def claims(frame: bytes, target: IPAddress) -> Optional[bytes]:
         op = (frame[20] << 8) | frame[21]
         if op == 2 and frame[28:32] == target.packed:
             return frame[6:12]
-    elif etype == ETH_P_IPV6 and target.version == 6 and len(frame) >= 78:
-        if frame[20] == IPPROTO_ICMPV6 and frame[54] == 136 and frame[62:78] == target.packed:
-            return frame[6:12]
+    elif (etype == ETH_P_IPV6 and target.version == 6 and len(frame) >= 78
+          and frame[20] == IPPROTO_ICMPV6 and frame[54] == 136
+          and frame[62:78] == target.packed):
+        return frame[6:12]
     return None
 
 

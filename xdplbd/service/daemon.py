@@ -412,9 +412,9 @@ class Daemon:
             down = sum(1 for st in eff.reals.values() if st.health == "down")
             if down:
                 text += f"; {down} real{'s' if down != 1 else ''} health-down"
-            if eff.failing_open:
-                text += f"; {len(eff.failing_open)} VIP{'s' if len(eff.failing_open) != 1 else ''}" \
-                        " failing open (all reals down)"
+            n = len(eff.failing_open)
+            if n:
+                text += f"; {n} VIP{'s' if n != 1 else ''} failing open (all reals down)"
         return text
 
     def _write_state(self) -> None:

@@ -322,9 +322,8 @@ def write_health(state_dir: str, doc: Dict[str, Any]) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         # Piecewise, so the main thread gets the GIL between pieces of a big file.
-        f.write('{"version": %d, "written_at": %s, "failing_open": %s,\n"checks": {'
-                % (doc["version"], json.dumps(doc["written_at"]),
-                   json.dumps(doc["failing_open"])))
+        f.write(f'{{"version": {doc["version"]}, "written_at": {json.dumps(doc["written_at"])}, '
+                f'"failing_open": {json.dumps(doc["failing_open"])},\n"checks": {{')
         first = True
         for k, v in doc["checks"].items():
             f.write(("" if first else ",\n") + json.dumps(k) + ": " + json.dumps(v))

@@ -14,6 +14,7 @@ Every probe ends with a Result and never raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import random
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from xdplbd.core import frames
-from xdplbd.core.health import HTTP, TCP, TCP_DSR, UDP, Probe, Result, host_port, payload
+from xdplbd.core.health import HTTP, TCP, UDP, Probe, Result, host_port, payload
 from xdplbd.core.model import IPAddress
 from xdplbd.kernel import iface, rawsock
 
@@ -153,10 +154,8 @@ class TcpDsrProber:
         src, dst = ipaddress.ip_address(t.dst_ip), ipaddress.ip_address(t.src_ip)
         frame = frames.tcp_frame(t.src_mac, self.lb_mac, src, dst, t.dport, t.sport, t.ack, 0,
                                  flags=frames.TH_RST)
-        try:
+        with contextlib.suppress(OSError):
             self.tx.send(frame)
-        except OSError:
-            pass
 
 
 def _local(src: Optional[IPAddress]) -> Optional[Tuple[str, int]]:
@@ -245,8 +244,8 @@ async def udp_check(probe: Probe, src: Optional[IPAddress]) -> Result:
         transport.sendto(payload(probe.send))
         data = await asyncio.wait_for(fut, probe.timeout)
     except (OSError, asyncio.TimeoutError) as e:
-        return Result(False, f"udp: {at}: {'no reply' if isinstance(e, asyncio.TimeoutError) else _why(e)}",
-                      time.time())
+        why = "no reply" if isinstance(e, asyncio.TimeoutError) else _why(e)
+        return Result(False, f"udp: {at}: {why}", time.time())
     finally:
         if transport is not None:
             transport.close()
@@ -265,6 +264,3 @@ async def run_socket_probe(probe: Probe, src: Optional[IPAddress]) -> Result:
     assert probe.kind == TCP, probe.kind
     return await tcp_connect(probe, src)
 
-
-__all__ = ["TCP_DSR", "PROBE_PORTS", "TcpDsrProber", "run_socket_probe", "tcp_connect",
-           "http_get", "udp_check"]
