@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tup
 
 from xdplbd.core.effective import Effective, RealId
 from xdplbd.core.health import (
+    TCP,
     TCP_DSR,
     Check,
     HealthState,
@@ -39,7 +40,7 @@ from xdplbd.core.health import (
 )
 from xdplbd.core.model import Config, IPAddress, Vip
 from xdplbd.kernel import rawsock
-from xdplbd.service.probes import TcpDsrProber, run_socket_probe
+from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
 
 log = logging.getLogger("xdplbd")
 
@@ -230,6 +231,9 @@ class HealthChecker:
             else:
                 self._prober.launch(p, lambda r: self._on_result(c, r))
             return
+        if p.kind == TCP:
+            launch_connect(self._loop, p, self._source(p.addr), lambda r: self._on_result(c, r))
+            return
         task = self._loop.create_task(self._socket_probe(c))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -307,7 +311,15 @@ class HealthChecker:
                 if key is not None:
                     rec["check"] = key
                 reals.append(rec)
-        return {"version": STATE_VERSION, "written_at": time.time(),
+        late = sorted(self.lateness)
+
+        def pct(p: float) -> float:
+            return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 2) if late else 0.0
+
+        stats = {"probes": dict(self.probes_total), "checks": len(self._users),
+                 "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
+                                 "samples": len(late)}}
+        return {"version": STATE_VERSION, "written_at": time.time(), "stats": stats,
                 "checks": {k: state_to_dict(st) for k, st in self.states.items()},
                 "failing_open": failing, "reals": reals}
 
@@ -323,6 +335,7 @@ def write_health(state_dir: str, doc: Dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         # Piecewise, so the main thread gets the GIL between pieces of a big file.
         f.write(f'{{"version": {doc["version"]}, "written_at": {json.dumps(doc["written_at"])}, '
+                f'"stats": {json.dumps(doc["stats"])}, '
                 f'"failing_open": {json.dumps(doc["failing_open"])},\n"checks": {{')
         first = True
         for k, v in doc["checks"].items():
