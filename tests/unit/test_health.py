@@ -178,6 +178,8 @@ def test_verdicts_and_a_new_real_starts_down_unless_its_vip_has_no_up_real() -> 
     assert eff.failing_open == {vip.key}
     assert {r.weight for r in eff.config.vips[0].reals} == {1}
     assert eff.config.vips[0].healthcheck == vip.healthcheck
+    # A daemon's very first start (no saved state): unknown checks count as up.
+    assert set(verdicts(pairs, {}, "up").values()) == {"up"}
 
 
 # -- frames -------------------------------------------------------------------------

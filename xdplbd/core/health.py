@@ -188,12 +188,14 @@ def state_from_dict(d: Mapping[str, Any]) -> Optional[HealthState]:
 
 
 def verdicts(vips: List[Tuple[Vip, Tuple[Tuple[IPAddress, Check], ...]]],
-             states: Mapping[str, HealthState]) -> Dict[Tuple[VipKey, IPAddress], str]:
+             states: Mapping[str, HealthState],
+             unknown: str = "down") -> Dict[Tuple[VipKey, IPAddress], str]:
     """The health mapping effective() takes: up/down for every checked real; a real
-    whose check has no state yet is down (it has not passed `rise` checks)."""
+    whose check has no state yet is `unknown`: down (it has not passed `rise`
+    checks), but up on a daemon's very first start (service/health.py)."""
     out: Dict[Tuple[VipKey, IPAddress], str] = {}
     for vip, checks in vips:
         for ip, c in checks:
             st = states.get(c.key)
-            out[(vip.key, ip)] = "up" if st is not None and st.up else "down"
+            out[(vip.key, ip)] = unknown if st is None else ("up" if st.up else "down")
     return out

@@ -9,6 +9,13 @@ state and asks the daemon for one apply (`on_change`).
 State lives in <state-dir>/health.json: the verdict of every check (so a
 restart never flaps a real) and, for `xdplb status`, each real's health,
 state, last result and since when.
+
+Where the checks start: a check seen for the first time starts down (a real
+added by a reload must pass `rise` checks), except on the very first start of
+a daemon (no health.json at all): then every check starts up and a dead real
+goes down after `fall` failures, since the first apply already had every real
+forwarding (each VIP failing open) and ring rebuilds for 16,000 reals coming up
+one by one would keep the main loop busy for minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from xdplbd.core.effective import Effective, RealId
@@ -72,7 +80,13 @@ class HealthChecker:
         self.state_dir = state_dir
         self.ifname = ifname
         self.on_change = on_change
-        saved = read_health(state_dir).get("checks", {})
+        doc = read_health(state_dir)
+        # The very first start (no saved state at all): checks start up, as the
+        # data plane already forwards to every real (fail-open), and go down after
+        # `fall` failures; otherwise thousands of reals coming up one by one would
+        # rebuild every VIP's ring again and again. Later, a new check starts down.
+        self._optimistic = not doc
+        saved = doc.get("checks", {})
         # Verdicts by Check.key. Written by the checker thread only; the main thread
         # reads single keys (atomic dict lookups).
         self.states: Dict[str, HealthState] = {}
@@ -128,7 +142,8 @@ class HealthChecker:
     def verdicts(self, cfg: Config) -> Dict[RealId, str]:
         """up/down for every checked real of cfg (a real never checked yet: down)."""
         pairs = [(v, self.checks_of(v)) for v in cfg.vips]
-        return verdicts([p for p in pairs if p[1]], self.states)
+        return verdicts([p for p in pairs if p[1]], self.states,
+                        "up" if self._optimistic else "down")
 
     def configure(self, cfg: Config) -> None:
         """Run the checks of cfg from now on; returns at once."""
@@ -186,11 +201,16 @@ class HealthChecker:
             if c.key not in self.states:
                 # Only the timing changed: keep the verdict. Else a new real starts down.
                 carried = by_probe.get(c.probe.key)
-                self.states[c.key] = carried if carried is not None else new_state()
+                if carried is None:
+                    carried = new_state()
+                    if self._optimistic:
+                        carried = replace(carried, up=True)
+                self.states[c.key] = carried
             due = now + random.uniform(0, min(c.interval, 1.0))
             self._due[c] = due
             self._timers[c] = self._loop.call_at(due, self._fire, c)
         self._users = users
+        self._optimistic = False
         live = {c.key for c in users}
         for k in [k for k in self.states if k not in live]:
             del self.states[k]
