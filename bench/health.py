@@ -111,7 +111,8 @@ def run() -> Dict[str, Any]:
         texts = [_config(mac), _config(mac, REALS_PER_VIP - 1)]
         d.write_config(texts[0])
         t0 = time.perf_counter()
-        d.start()
+        d.start(wait=False)
+        d.wait_message("READY=1", timeout=300)  # a shared, loaded machine can be slow
         res["start_s"] = time.perf_counter() - t0
         assert d.proc is not None
         pid = d.proc.pid

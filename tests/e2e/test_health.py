@@ -24,6 +24,7 @@ from tests.e2e.harness import (
 )
 from xdplbd.lab.demo import LbDaemon, Wrk, wait_for
 from xdplbd.lab.topology import Lab, LabSpec, write_sysctls
+from xdplbd.service.health import read_health
 
 INTERVAL, TIMEOUT, RISE, FALL = 0.3, 0.2, 2, 3
 DOWN_WINDOW = FALL * INTERVAL + 1.0  # the feature: a dead real is out within this
@@ -71,10 +72,21 @@ class HealthLab:
         raise KeyError(name)
 
     def wait_health(self, name: str, health: str, timeout: float, **kw: Any) -> float:
-        t0 = time.monotonic()
+        """Wait for the verdict; return when the checker reached it (its own wall-clock
+        record in health.json), in seconds after this call started: polling the CLI
+        on a loaded machine would add its own delay."""
+        t0 = time.time()
         wait_for(lambda: self.real(name, **kw)["health"] == health, timeout,
                  f"{name} {health}: {self.lb.log_tail()}", interval=0.05)
-        return time.monotonic() - t0
+        return self.since(name, **kw) - t0
+
+    def since(self, name: str, vip: str = "10.99.0.100", port: int = 80,
+              proto: str = "tcp") -> float:
+        doc = read_health(self.lb.state_dir)
+        ip = self.lab.real_ip6(name) if ":" in vip else self.lab.real_ip4(name)
+        rec = next(r for r in doc["reals"] if (r["vip"], r["port"], r["protocol"], r["ip"])
+                   == (vip, port, proto, ip))
+        return float(doc["checks"][rec["check"]]["since"])
 
     def all_up(self) -> None:
         for v in self.status()["vips"]:
