@@ -189,7 +189,7 @@ def test_real_dies_under_load_gets_no_new_connections(tcp: HealthLab) -> None:
         nc.kill()
     failed_at = [t - t0 for t, who in results if who == "error"]
     late = [t for t in failed_at if t > DOWN_WINDOW]
-    early = [t for t in failed_at if t < 0]
+    early = [t for t in failed_at if t < -1.0]  # started < 1 s (its timeout) before: in flight
     print(f"\nreal2 marked down {took:.2f} s after nginx stopped (window {DOWN_WINDOW:.1f} s); "
           f"probe: {len(results)} new connections, {len(failed_at)} failed, at "
           f"{[round(t, 2) for t in failed_at]}; wrk keep-alive {r_ka.requests} requests "
