@@ -4,7 +4,7 @@
 #   source /usr/local/share/bash-completion/completions/xdplb
 # tests/docs checks that every subcommand and option of `xdplb` is listed here.
 
-_xdplb_commands="start stop debug top check reload status stats explain detach maintenance"
+_xdplb_commands="start stop debug top check reload status stats explain doctor detach maintenance"
 
 _xdplb_options() {
     local dirs="--pin-dir --state-dir"
@@ -18,6 +18,7 @@ _xdplb_options() {
         status)  echo "--json $dirs" ;;
         stats)   echo "--json $dirs" ;;
         explain) echo "--syn --json $dirs" ;;
+        doctor)  echo "--json $dirs" ;;
         detach)  echo "-i --interface --timeout $dirs" ;;
         maintenance) echo "on off --timeout $dirs" ;;
     esac

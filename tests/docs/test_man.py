@@ -177,7 +177,7 @@ def test_config_keys_defaults_and_limits_are_documented() -> None:
     roff = PAGES["lb_conf.json.5"].read_text()
     text = plain(roff)
     keys = (*config._TOP_KEYS, *config._VIP_KEYS, *config._REAL_KEYS, *config._TUNABLE_KEYS,
-            *config._METRICS_KEYS)
+            *config._METRICS_KEYS, *config._HEALTHCHECK_KEYS)
     # each key is a .TP term of its own: "key (type, ...)"
     terms = {m.group(1): m.start() for m in re.finditer(r"^\.TP\n\.BR? (\w+)", roff, re.M)}
     missing = [k for k in keys if k not in terms]

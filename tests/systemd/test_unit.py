@@ -47,8 +47,9 @@ MACS = {f"10.0.0.{n}": f"02:00:00:00:00:{n:02x}" for n in range(10, 30)}
 #: what `make install` needs from the checkout (a copy without .venv, .git, caches)
 INSTALL_TREE = ("Makefile", "pyproject.toml", "README.md", "bpf", "xdplbd", "systemd", "man",
                 "etc", "completion", "scripts")
-# CAP_BPF 39, CAP_PERFMON 38, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21 (docs/systemd.md)
-UNIT_CAPS = (1 << 39) | (1 << 38) | (1 << 12) | (1 << 21)
+# CAP_BPF 39, CAP_PERFMON 38, CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_NET_RAW 13
+# (docs/systemd.md)
+UNIT_CAPS = (1 << 39) | (1 << 38) | (1 << 12) | (1 << 21) | (1 << 13)
 #: every installed path with its type, mode, size, mtime and link target
 LIST_TREE = ["find", "/etc/xdplb", "/opt/xdplb", "/usr/local", "-printf", "%p %y %m %s %T@ %l\n"]
 SMALL_TUNABLES = {"max_vips": 16, "max_reals": 256, "conntrack_size": 65536,

@@ -322,7 +322,7 @@ def test_unknown_key_typo_weight() -> None:
     doc = mutated(_set(["vips", 0, "reals", 1, "wieght"], 2))
     assert errors(doc) == [
         f'{SRC}: vips[0].reals[1].wieght: unknown key "wieght" '
-        '(allowed: ip, mac, weight); did you mean "weight"?'
+        '(allowed: ip, mac, weight, healthcheck); did you mean "weight"?'
     ]
 
 

@@ -187,6 +187,26 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- doctor --------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from xdplbd.cli import doctor
+
+    try:
+        cfg, ifname = doctor.load(args.state_dir)
+        vips = doctor.diagnose(cfg, ifname, args.vip)
+    except (doctor.DoctorError, OSError) as e:
+        _err(str(e))
+        return EXIT_FAIL
+    ok = all(v["ok"] for v in vips)
+    if args.json:
+        print(json.dumps({"schema": 1, "ok": ok, "interface": ifname, "vips": vips}, indent=2))
+    else:
+        print(doctor.render(vips))
+        print("all checks passed" if ok else "some checks failed: see the fixes above")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 # --- detach --------------------------------------------------------------------
 
 def cmd_detach(args: argparse.Namespace) -> int:
@@ -499,6 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     _dirs(e)
     e.set_defaults(func=cmd_explain)
+
+    dr = sub.add_parser("doctor", help="check every real's DSR setup and health check, each "
+                        "failure with its fix (exit 0 only if all pass)")
+    dr.add_argument("vip", metavar="VIP", nargs="?",
+                    help="only this VIP: ADDR, ADDR:PORT or ADDR:PORT/PROTO")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+    _dirs(dr)
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("detach", help="withdraw the VIP routes, then remove the XDP program "
                        "and all pins (drops traffic)")

@@ -19,8 +19,8 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -35,6 +35,7 @@ from xdplbd.kernel import libbpf
 from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.kernel.snapshot import FlowScan, Snapshot, open_pinned, scan_flows, take
 from xdplbd.service import daemonize
+from xdplbd.service.health import read_health
 from xdplbd.service.statefile import read_state
 
 OUTCOME_LABELS = {
@@ -60,6 +61,9 @@ class Meta:
     title: str = "xdplb top"
     log_lines: Tuple[str, ...] = ()  # debug mode: the daemon's latest log lines
     clock: str = ""  # wall-clock time of the snapshot, for the header
+    # (VIP text, real IP) -> (health, state, last check result), from health.json
+    health: Dict[Tuple[str, str], Tuple[str, str, str]] = field(default_factory=dict)
+    failing_open: Tuple[str, ...] = ()
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -109,13 +113,14 @@ def render(snap: Snapshot, prev: Optional[Snapshot], meta: Meta) -> RenderableTy
     vt.add_column("VIP / real", no_wrap=True)
     vt.add_column("weight", justify="right")
     vt.add_column("state")
+    vt.add_column("health")
     vt.add_column("pkt/s", justify="right")
     vt.add_column("bit/s", justify="right")
     vt.add_column("flows", justify="right")
     vt.add_column("packets", justify="right")
     vt.add_column("bytes", justify="right")
     if not snap.vips:
-        vt.add_row(Text("no VIPs configured", style="dim"), "", "", "", "", "", "", "")
+        vt.add_row(Text("no VIPs configured", style="dim"), "", "", "", "", "", "", "", "")
     for v in snap.vips:
         ov = old_vips.get((str(v.key), v.vip_id))
         pps = _rate(v.packets, ov[0] if ov else None, dt)
@@ -124,6 +129,8 @@ def render(snap: Snapshot, prev: Optional[Snapshot], meta: Meta) -> RenderableTy
         vt.add_row(
             Text(f"{_host(str(v.key.addr))}:{v.key.port}/{v.key.proto}", style="bold cyan"),
             "", f"{active}/{len(v.reals)} up" if v.reals else Text("no reals", style="red"),
+            Text("all down: failing open", style="red") if str(v.key) in meta.failing_open
+            else "",
             human(pps), human(None if bps is None else bps * 8, "b"), human(v.flows),
             human(v.packets), human(v.bytes, "B"),
         )
@@ -132,9 +139,13 @@ def render(snap: Snapshot, prev: Optional[Snapshot], meta: Meta) -> RenderableTy
             rp = _rate(r.packets, orl[0] if orl else None, dt)
             rb = _rate(r.bytes, orl[1] if orl else None, dt)
             branch = "└" if i == len(v.reals) - 1 else "├"
+            health, state, last = meta.health.get((str(v.key), r.ip), ("unchecked", r.state, ""))
+            hstyle = {"up": "green", "down": "red"}.get(health, "dim")
             vt.add_row(
                 f" {branch} {r.ip}", str(r.weight),
-                Text(r.state, style="green" if r.weight else "yellow"),
+                Text(state, style="green" if r.weight else "yellow"),
+                Text(health if health != "down" or not last else f"down: {last}"[:48],
+                     style=hstyle),
                 human(rp), human(None if rb is None else rb * 8, "b"), human(r.flows),
                 human(r.packets), human(r.bytes, "B"),
             )
@@ -261,8 +272,22 @@ class TopSource:
             title=self.title,
             log_lines=self.log_lines(),
             clock=time.strftime("%H:%M:%S", time.localtime(snap.wall)),
+            **_health(self.state_dir),
         )
         return snap, meta
+
+
+def _health(state_dir: str) -> Dict[str, Any]:
+    """Meta's health fields from health.json (written by the daemon's checker)."""
+    doc = read_health(state_dir)
+    checks = doc.get("checks", {})
+    out: Dict[Tuple[str, str], Tuple[str, str, str]] = {}
+    for r in doc.get("reals", []):
+        addr = f"[{r['vip']}]" if ":" in str(r["vip"]) else str(r["vip"])
+        last = (checks.get(r.get("check", "")) or {}).get("last") or {}
+        out[(f"{addr}:{r['port']}/{r['protocol']}", str(r["ip"]))] = (
+            str(r.get("health", "unchecked")), str(r.get("state", "")), str(last.get("detail", "")))
+    return {"health": out, "failing_open": tuple(doc.get("failing_open", []))}
 
 
 # --- the live loop -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from xdplbd.core.config import ConfigError, config_digest, parse_config
@@ -18,6 +19,7 @@ from xdplbd.kernel import libbpf, loader
 from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.kernel.snapshot import open_pinned
 from xdplbd.service import daemonize
+from xdplbd.service.health import read_health
 from xdplbd.service.statefile import read_state
 
 STATUS_SCHEMA = 1
@@ -137,6 +139,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
             vips = _vips_from_maps(own)
     else:
         vips = _vips_from_state(state)
+    add_health(vips, read_health(state_dir))
     last = state.get("last_reload")
     announce = state.get("announce") if isinstance(state.get("announce"), dict) else None
     for v in vips:
@@ -174,6 +177,35 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
                                          "configured_at", "error")},
         "vips": vips,
     }
+
+
+def _iso(t: Any) -> Optional[str]:
+    if not isinstance(t, (int, float)) or t <= 0:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def add_health(vips: List[Dict[str, Any]], doc: Dict[str, Any]) -> None:
+    """Each real's health (up | down | unchecked), state (active | draining | down), last
+    check result and since when, and each VIP's failing_open, from health.json."""
+    failing = set(doc.get("failing_open", []))
+    checks = doc.get("checks", {})
+    by_real = {(r.get("vip"), r.get("port"), r.get("protocol"), r.get("ip")): r
+               for r in doc.get("reals", [])}
+    for v in vips:
+        key = f"[{v['vip']}]" if ":" in str(v["vip"]) else str(v["vip"])
+        v["failing_open"] = f"{key}:{v['port']}/{v['protocol']}" in failing
+        for r in v["reals"]:
+            rec = by_real.get((v["vip"], v["port"], v["protocol"], r["ip"]), {})
+            st = checks.get(rec.get("check", ""), {})
+            last = st.get("last") or {}
+            r["health"] = rec.get("health", "unchecked")
+            if rec.get("state"):
+                r["state"] = rec["state"]
+            r["reason"] = rec.get("reason")
+            r["health_since"] = _iso(st.get("since")) if st else None
+            r["last_check"] = ({"ok": bool(last.get("ok")), "result": last.get("detail"),
+                                "at": _iso(last.get("at"))} if last.get("at") else None)
 
 
 def render_text(data: Dict[str, Any]) -> str:
@@ -217,7 +249,16 @@ def render_text(data: Dict[str, Any]) -> str:
         why = ""
         if ann:
             why = f"  [{ann.get('state')}{': ' + ann['reason'] if ann.get('reason') else ''}]"
-        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals){why}")
+        fo = "  all reals down: failing open" if v.get("failing_open") else ""
+        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals){fo}{why}")
         for r in v["reals"]:
-            lines.append(f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']}")
+            health = r.get("health", "unchecked")
+            line = (f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']:<8} "
+                    f"health {health}")
+            if r.get("health_since"):
+                line += f" since {r['health_since']}"
+            lines.append(line)
+            last = r.get("last_check")
+            if last:
+                lines.append(f"      last check {last['at']}: {last['result']}")
     return "\n".join(lines)

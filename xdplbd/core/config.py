@@ -7,6 +7,7 @@ reason, so an operator fixes the file in one go.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import ipaddress
@@ -17,10 +18,12 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
 
 from xdplbd.core.model import (
+    HEALTHCHECK_TYPES,
     PROTOCOLS,
     XDP_MODES,
     BirdAnnounce,
     Config,
+    HealthCheck,
     IPAddress,
     Metrics,
     Real,
@@ -38,13 +41,23 @@ RING_SLOTS_PER_REAL = 100  # Maglev paper: M >= 100 x N keeps shares within ~1%
 _TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics", "announce")
 _ANNOUNCE_KEYS = ("bird",)
 _BIRD_KEYS = ("file", "socket")
-_VIP_KEYS = ("vip", "port", "protocol", "reals")
-_REAL_KEYS = ("ip", "mac", "weight")
+_VIP_KEYS = ("vip", "port", "protocol", "reals", "healthcheck")
+_REAL_KEYS = ("ip", "mac", "weight", "healthcheck")
+_HEALTHCHECK_KEYS = ("type", "port", "dsr", "path", "host", "expect", "send", "receive",
+                     "interval", "timeout", "rise", "fall")
+# Which check types a type-specific key applies to (the rest apply to all).
+_HEALTHCHECK_ONLY = {"dsr": ("tcp",), "path": ("http",), "host": ("http",),
+                     "expect": ("http",), "send": ("udp",), "receive": ("udp",)}
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 3600.0  # seconds
+MIN_TIMEOUT = 0.01
+MAX_RISE_FALL = 100
 _TUNABLE_KEYS = ("max_vips", "max_reals", "conntrack_size", "ring_size", "udp_timeout")
 _METRICS_KEYS = ("listen",)
 
 # A string, or a comment (line, block, or an unterminated block to report).
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|//[^\n]*|/\*.*?\*/|/\*', re.S)
+_HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")  # printable ASCII, no blanks (one request line)
+_HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})*$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -623,7 +636,7 @@ class _Validator:
             return None
         ok = True
         for key in _VIP_KEYS:
-            if key not in obj:
+            if key not in obj and key != "healthcheck":
                 self.err(f"{path}.{key}", "is required")
                 ok = False
         addr = self.address(obj["vip"], f"{path}.vip") if "vip" in obj else None
@@ -638,12 +651,113 @@ class _Validator:
                 )
             elif p is not None:
                 proto = p.lower()
+        check: Optional[HealthCheck] = None
+        if "healthcheck" in obj:
+            check = self.healthcheck(obj["healthcheck"], f"{path}.healthcheck", None)
+            if check is None:
+                ok = False
         reals: Optional[Tuple[Real, ...]] = None
         if "reals" in obj:
-            reals = self.reals(obj["reals"], f"{path}.reals", addr, seen_mac)
+            # A VIP check already reported invalid: judge the reals' overrides on the
+            # defaults rather than report their missing "type" too.
+            base = check if check is not None or "healthcheck" not in obj else HealthCheck()
+            reals = self.reals(obj["reals"], f"{path}.reals", addr, seen_mac, base)
         if not ok or addr is None or port is None or proto is None or reals is None:
             return None
-        return Vip(key=VipKey(addr=addr, port=port, proto=proto), reals=reals)
+        return Vip(key=VipKey(addr=addr, port=port, proto=proto), reals=reals, healthcheck=check)
+
+    def healthcheck(self, value: Any, path: str,
+                    base: Optional[HealthCheck]) -> Optional[HealthCheck]:
+        """A "healthcheck" object; a real's overrides the keys it gives of its VIP's (base)."""
+        obj = self.obj(value, path, _HEALTHCHECK_KEYS)
+        if obj is None:
+            return None
+        n = len(self.errors)
+        vals: Dict[str, Any] = {}
+        if "type" in obj:
+            t = self.string(obj["type"], f"{path}.type")
+            if t is not None and t not in HEALTHCHECK_TYPES:
+                self.err(f"{path}.type", f"{json.dumps(t)} is not a check type "
+                         f"(allowed: {', '.join(HEALTHCHECK_TYPES)})")
+            elif t is not None:
+                vals["type"] = t
+        elif base is None:
+            self.err(f"{path}.type", f"is required ({', '.join(HEALTHCHECK_TYPES)})")
+        if "port" in obj:
+            vals["port"] = self.integer(obj["port"], f"{path}.port", 1, 65535)
+        if "dsr" in obj:
+            if isinstance(obj["dsr"], bool):
+                vals["dsr"] = obj["dsr"]
+            else:
+                self.err(f"{path}.dsr", f"must be true or false, got {_describe(obj['dsr'])}")
+        if "path" in obj:
+            p = self.string(obj["path"], f"{path}.path")
+            if p is not None and not _HTTP_PATH.match(p):
+                self.err(f"{path}.path", f"{json.dumps(p)} must start with / and hold no "
+                         "blanks or control characters")
+            vals["path"] = p
+        if "host" in obj:
+            h = self.string(obj["host"], f"{path}.host")
+            if h is not None and not _valid_hostname(h) and not _is_ip(h):
+                self.err(f"{path}.host", f"{json.dumps(h)} is not a hostname or IP address")
+            vals["host"] = h
+        if "expect" in obj:
+            vals["expect"] = self.expect(obj["expect"], f"{path}.expect")
+        for key in ("send", "receive"):
+            if key in obj:
+                v = self.string(obj[key], f"{path}.{key}")
+                if v is not None and v.startswith("hex:") and not _HEX.match(v[4:]):
+                    self.err(f"{path}.{key}", f"{json.dumps(v)}: after \"hex:\" give pairs of "
+                             "hex digits")
+                vals[key] = v
+        if "interval" in obj:
+            vals["interval"] = self.seconds(obj["interval"], f"{path}.interval",
+                                            MIN_INTERVAL, MAX_INTERVAL)
+        if "timeout" in obj:
+            vals["timeout"] = self.seconds(obj["timeout"], f"{path}.timeout",
+                                           MIN_TIMEOUT, MAX_INTERVAL)
+        for key in ("rise", "fall"):
+            if key in obj:
+                vals[key] = self.integer(obj[key], f"{path}.{key}", 1, MAX_RISE_FALL)
+        if len(self.errors) > n:
+            return None
+        check = dataclasses.replace(base or HealthCheck(), **vals)
+        for key in obj:
+            allowed = _HEALTHCHECK_ONLY.get(key)
+            if allowed and check.type not in allowed:
+                self.err(f"{path}.{key}", f"applies to type {' or '.join(allowed)} only "
+                         f"(this check is {check.type})")
+        if check.timeout >= check.interval:
+            where = "timeout" if "timeout" in obj else "interval"
+            self.err(f"{path}.{where}", f"timeout {check.timeout:g} s must be shorter than "
+                     f"interval {check.interval:g} s")
+        return None if len(self.errors) > n else check
+
+    def seconds(self, value: Any, path: str, lo: float, hi: float) -> Optional[float]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.err(path, f"must be a number of seconds, got {_describe(value)}")
+            return None
+        if not lo <= value <= hi:
+            self.err(path, f"{value:g} is out of range {lo:g}..{hi:g} s")
+            return None
+        return float(value)
+
+    def expect(self, value: Any, path: str) -> Optional[Tuple[int, int]]:
+        """An HTTP status (200) or an inclusive range ([200, 399])."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            code = self.integer(value, path, 100, 599)
+            return None if code is None else (code, code)
+        if not isinstance(value, list) or len(value) != 2:
+            self.err(path, f"must be a status code or [lowest, highest], got {_describe(value)}")
+            return None
+        lo = self.integer(value[0], f"{path}[0]", 100, 599)
+        hi = self.integer(value[1], f"{path}[1]", 100, 599)
+        if lo is None or hi is None:
+            return None
+        if lo > hi:
+            self.err(path, f"[{lo}, {hi}]: the lowest code is above the highest")
+            return None
+        return (lo, hi)
 
     def reals(
         self,
@@ -651,6 +765,7 @@ class _Validator:
         path: str,
         vip_addr: Optional[IPAddress],
         seen_mac: Dict[IPAddress, Tuple[str, str]],
+        check: Optional[HealthCheck] = None,
     ) -> Optional[Tuple[Real, ...]]:
         if not isinstance(value, list):
             self.err(path, f"must be an array, got {_describe(value)}")
@@ -660,7 +775,7 @@ class _Validator:
         ok = True
         for j, item in enumerate(value):
             rpath = f"{path}[{j}]"
-            real = self.real(item, rpath)
+            real = self.real(item, rpath, check)
             if real is None:
                 ok = False
                 continue
@@ -689,7 +804,7 @@ class _Validator:
             reals.append(real)
         return tuple(reals) if ok else None
 
-    def real(self, value: Any, path: str) -> Optional[Real]:
+    def real(self, value: Any, path: str, check: Optional[HealthCheck] = None) -> Optional[Real]:
         obj = self.obj(value, path, _REAL_KEYS)
         if obj is None:
             return None
@@ -705,9 +820,22 @@ class _Validator:
         weight: Optional[int] = 1
         if "weight" in obj:
             weight = self.integer(obj["weight"], f"{path}.weight", 0, MAX_WEIGHT)
+        if "healthcheck" in obj:
+            own = self.healthcheck(obj["healthcheck"], f"{path}.healthcheck", check)
+            if own is None:
+                return None
+            check = own
         if ip is None or mac is None or weight is None:
             return None
-        return Real(ip=ip, mac=mac, weight=weight)
+        return Real(ip=ip, mac=mac, weight=weight, healthcheck=check)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _listen_problem(listen: str) -> str:

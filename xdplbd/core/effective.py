@@ -73,10 +73,11 @@ def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[
 _last_vip: Dict[VipKey, Vip] = {}
 
 
-def _vip(key: VipKey, reals: Tuple[Real, ...]) -> Vip:
-    v = _last_vip.get(key)
-    if v is None or v.reals != reals:
-        v = _last_vip[key] = Vip(key, reals)
+def _vip(vip: Vip, reals: Tuple[Real, ...]) -> Vip:
+    """`vip` with these reals: the object built last time if it had the same."""
+    v = _last_vip.get(vip.key)
+    if v is None or v.reals != reals or replace(v, reals=vip.reals) != vip:
+        v = _last_vip[vip.key] = replace(vip, reals=reals)
     return v
 
 
@@ -113,7 +114,7 @@ def effective(cfg: Config, health: Mapping[RealId, str],
                 same = mac == real.mac and weight == real.weight
                 reals.append(real if same else replace(real, mac=mac, weight=weight))
         kept = tuple(reals)
-        vips.append(vip if kept == vip.reals else _vip(vip.key, kept))
+        vips.append(vip if kept == vip.reals else _vip(vip, kept))
     if len(_last_vip) > 2 * len(cfg.vips) + 64:
         wanted = {v.key for v in cfg.vips}
         for key in [k for k in _last_vip if k not in wanted]:

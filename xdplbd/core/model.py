@@ -52,6 +52,29 @@ class VipKey:
         return f"{host}:{self.port}/{self.proto}"
 
 
+HEALTHCHECK_TYPES = ("tcp", "http", "udp", "none")
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How a VIP's reals are checked (lb_conf.json "healthcheck"; core/health.py runs it).
+
+    type "none" checks nothing: its reals are "unchecked" and always take flows."""
+
+    type: str = "tcp"  # tcp | http | udp | none
+    port: Optional[int] = None  # None: the VIP's port
+    dsr: bool = True  # tcp: SYN to VIP:port at the real's MAC; False: connect to the real's IP
+    path: str = "/"  # http
+    host: Optional[str] = None  # http Host header; None: the real's IP
+    expect: Tuple[int, int] = (200, 399)  # http: accepted status codes, inclusive
+    send: str = ""  # udp payload: text, or "hex:..." for bytes
+    receive: str = ""  # udp: the reply must start with this ("" = any reply)
+    interval: float = 2.0  # seconds between checks of one real
+    timeout: float = 1.0  # seconds a check may take (< interval)
+    rise: int = 2  # consecutive successes that make a down real up
+    fall: int = 3  # consecutive failures that make an up real down
+
+
 @dataclass(frozen=True)
 class Real:
     """A real server of one VIP. Its identity is its IP; mac is lowercase a:b:c:d:e:f."""
@@ -59,12 +82,14 @@ class Real:
     ip: IPAddress
     mac: str
     weight: int = 1
+    healthcheck: Optional[HealthCheck] = None  # its own check (the VIP's, overridden)
 
 
 @dataclass(frozen=True)
 class Vip:
     key: VipKey
     reals: Tuple[Real, ...]
+    healthcheck: Optional[HealthCheck] = None  # the reals' check; None: none
 
     @cached_property
     def ring_text(self) -> str:

@@ -339,6 +339,11 @@ http {{
         listen {port} backlog=4096;
         listen [::]:{port} ipv6only=on backlog=4096;
         location / {{ return 200 "{name}\\n"; }}
+        # For HTTP health checks: 503 while the file "unhealthy" exists (Lab.set_unhealthy).
+        location = /healthz {{
+            if (-f {d}/unhealthy) {{ return 503 "unhealthy\\n"; }}
+            return 200 "ok\\n";
+        }}
     }}
 }}
 """
@@ -768,6 +773,16 @@ class Lab:
         _kill_and_wait(p for p in {pid, *workers} if _alive(p))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pidfile)
+
+    def set_unhealthy(self, real: str, unhealthy: bool = True) -> None:
+        """Make *real*'s nginx answer /healthz with 503 (or 200 again)."""
+        flag = os.path.join(self.real_dir(real), "unhealthy")
+        if unhealthy:
+            with open(flag, "w"):
+                pass
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(flag)
 
     def start_udp(self, real: str) -> None:
         if not self._pid_alive(os.path.join(self.real_dir(real), "udp.pid")):

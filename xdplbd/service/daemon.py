@@ -32,6 +32,7 @@ from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.service import logsetup
 from xdplbd.service.announcer import Announcer
 from xdplbd.service.configwatch import ConfigWatcher
+from xdplbd.service.health import HealthChecker
 from xdplbd.service.metrics import start_exporter
 from xdplbd.service.notify import Notifier
 from xdplbd.service.statefile import read_state, write_state
@@ -151,9 +152,10 @@ class Daemon:
         self.watcher: Optional[ConfigWatcher] = None
         self._live = LiveState()  # as last read back after an apply
         # The world the file does not describe (core/effective.py): health verdicts
-        # by (VIP, real) and neighbour entries by real IP. Their owners replace these
-        # providers and call request_apply() when what they say changes.
-        self.health_view: Callable[[], Mapping[RealId, str]] = dict
+        # by (VIP, real) for a config, and neighbour entries by real IP. Their owners
+        # replace these providers and call request_apply() when what they say changes.
+        self.health_view: Callable[[Config], Mapping[RealId, str]] = lambda _cfg: {}
+        self.health: Optional[HealthChecker] = None
         self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
         self.effective: Optional[Effective] = None  # as last applied
         self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
@@ -207,6 +209,12 @@ class Daemon:
                       self.opts.config)
             return EXIT_CONFIG
         mode = self.opts.xdp_mode or cfg.xdp_mode
+        # Health first: the first apply already uses the verdicts saved before a restart.
+        self.health = HealthChecker(self.opts.state_dir, self.ifname, self.request_apply)
+        self.health_view = self.health.verdicts
+        if self.health.restored:
+            log.info("health: resumed the verdicts of %d checks from %s", self.health.restored,
+                     self.opts.state_dir)
         try:
             self.ifindex = iface.ifindex(self.ifname)
             self.lb_mac = iface.mac_address(self.ifname)
@@ -233,6 +241,8 @@ class Daemon:
             self.notifier.status(f"failed: {e}")
             return EXIT_DATAPLANE
         self._write_state()
+        self.health.configure(cfg)
+        self.health.start()
         self.notifier.ready(self._status())
         log.info("ready on %s (%s XDP): generation %d, %s", self.ifname, self.mode,
                  self.generation, status_line(self._live))
@@ -243,7 +253,16 @@ class Daemon:
     # --- apply --------------------------------------------------------------
 
     def _effective(self, cfg: Config) -> Effective:
-        return effective(cfg, self.health_view(), self.neigh_view())
+        return effective(cfg, self.health_view(cfg), self.neigh_view())
+
+    def _log_fail_open(self, old: Optional[Effective], new: Effective) -> None:
+        before = old.failing_open if old is not None else frozenset()
+        for key in sorted(new.failing_open - before, key=str):
+            log.warning("vip %s: all reals down: failing open (every weighted real takes new "
+                        "flows)", key)
+        for key in sorted(before - new.failing_open, key=str):
+            if any(v.key == key for v in new.config.vips):
+                log.info("vip %s: a real is up again: no longer failing open", key)
 
     def _apply(self, cfg: Config, digest: str, trigger: str) -> int:
         assert self.dp is not None
@@ -266,7 +285,10 @@ class Daemon:
         known = self.digest or self._prev_digest
         if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY):
             self.generation += 1  # counts configs applied, not health or MAC changes
+        self._log_fail_open(self.effective, eff)
         self.cfg, self.digest, self.effective = cfg, digest, eff
+        if self.health is not None:
+            self.health.publish(eff)
         self.applied_at = now_iso()
         log.debug("%s: %d map operations (read %.1f ms, plan %.1f ms, apply %.1f ms)", trigger,
                   len(plan.ops), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -332,6 +354,8 @@ class Daemon:
             self.notifier.ready(f"config rejected, generation {self.generation} still live: {e}")
             return False
         ms = (time.monotonic() - t0) * 1000
+        if self.health is not None:
+            self.health.configure(cfg)  # returns at once; only changed checks restart
         self._verify(cfg)
         self._announce()
         self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "ok",
@@ -405,7 +429,16 @@ class Daemon:
 
     def _status(self) -> str:
         """STATUS= text, from the live state that _write_state last read."""
-        return f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
+        text = f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
+        eff = self.effective
+        if eff is not None:
+            down = sum(1 for st in eff.reals.values() if st.health == "down")
+            if down:
+                text += f"; {down} real{'s' if down != 1 else ''} health-down"
+            n = len(eff.failing_open)
+            if n:
+                text += f"; {n} VIP{'s' if n != 1 else ''} failing open (all reals down)"
+        return text
 
     def _write_state(self) -> None:
         """state.toml, from the live state that the last apply read back (_verify)."""
@@ -522,6 +555,8 @@ class Daemon:
         return EXIT_OK
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.dp is not None:

@@ -18,11 +18,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 from xdplbd import __version__
+from xdplbd.core.effective import Effective
+from xdplbd.core.health import check_of
 from xdplbd.core.model import Config
 from xdplbd.kernel import libbpf
 from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.kernel.loader import Program
 from xdplbd.kernel.snapshot import Snapshot, take
+from xdplbd.service.health import HealthChecker
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -67,6 +70,10 @@ class DaemonView(Protocol):
     def mode(self) -> str: ...
     @property
     def announcement(self) -> Dict[str, Any]: ...
+    @property
+    def effective(self) -> Optional[Effective]: ...
+    @property
+    def health(self) -> Optional[HealthChecker]: ...
 
 
 def _epoch(iso: Any) -> Optional[float]:
@@ -215,6 +222,49 @@ class XdplbCollector:
         att.add_metric([d.ifname, d.mode], attached)
         yield att
         yield from _announce_families(d.announcement)
+        yield from self._health_families()
+
+    def _health_families(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        d = self.daemon
+        eff, hc, cfg = d.effective, d.health, d.cfg
+        if eff is None or hc is None or cfg is None:
+            return
+        lab = ["vip", "port", "proto", "real"]
+        up = GaugeMetricFamily("xdplb_real_health", "1 if the real's health check says up, 0 "
+                               "if down (absent: not checked)", labels=lab)
+        since = GaugeMetricFamily("xdplb_real_health_since_timestamp_seconds",
+                                  "When the real's health last changed", labels=lab)
+        last = GaugeMetricFamily("xdplb_real_last_check_success", "1 if the real's last check "
+                                 "succeeded", labels=lab)
+        last_at = GaugeMetricFamily("xdplb_real_last_check_timestamp_seconds",
+                                    "When the real's last check finished", labels=lab)
+        states = hc.snapshot()
+        for v in cfg.vips:
+            for r in v.reals:
+                c = check_of(v.key, r)
+                st = states.get(c.key) if c is not None else None
+                if st is None:
+                    continue
+                labels = [str(v.key.addr), str(v.key.port), v.key.proto, str(r.ip)]
+                up.add_metric(labels, 1 if st.up else 0)
+                since.add_metric(labels, st.since)
+                if st.last is not None and st.last.at:
+                    last.add_metric(labels, 1 if st.last.ok else 0)
+                    last_at.add_metric(labels, st.last.at)
+        yield from (up, since, last, last_at)
+        fo = GaugeMetricFamily("xdplb_vip_failing_open", "1 if no real of the VIP is up and "
+                               "all its weighted reals take new flows", labels=lab[:3])
+        for v in cfg.vips:
+            fo.add_metric([str(v.key.addr), str(v.key.port), v.key.proto],
+                          1 if v.key in eff.failing_open else 0)
+        yield fo
+        probes = CounterMetricFamily("xdplb_health_probes", "Health probes sent, by result",
+                                     labels=["result"])
+        for result, n in hc.probes_total.items():
+            probes.add_metric([result], n)
+        yield probes
 
 
 def _announce_families(ann: Dict[str, Any]) -> Iterator[Metric]:
