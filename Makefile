@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit lint bench demo clean install uninstall
+.PHONY: setup test test-unit lint bench demo soak clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -24,6 +24,13 @@ bench: setup
 
 demo: setup
 	$(PY) -m xdplbd.lab.demo
+
+# The chaos soak (docs/soak.md): minutes long, not in CI. SOAK_SEED replays a run.
+SOAK_SECONDS ?= 600
+SOAK_SEED ?=
+soak: setup
+	$(PY) -m xdplbd.lab.soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+	  --json soak-result.json
 
 # install/uninstall do not run the dev set-up: they install only what xdplbd
 # needs at run time (scripts/install.sh, docs/install.md). Idempotent.
