@@ -112,17 +112,17 @@ def config_change(rng: random.Random, world: World, kind: str
         w[v][r] = 0 if kind == "drain" else rng.choice([x for x in range(1, 6) if x != w[v][r]])
         detail = f"{v}: {r} weight {w[v][r]}"
     elif kind == "add_vip":
-        opts = [v for v in VIP_POOL if v not in w]
-        if not opts:
+        free = [name for name in VIP_POOL if name not in w]
+        if not free:
             return None
-        v = rng.choice(opts)
+        v = rng.choice(free)
         w[v] = {r: rng.randint(0, 2) for r in rng.sample(REALS, rng.randint(1, len(REALS)))}
         detail = f"+vip {v} {w[v]}"
     elif kind == "remove_vip":
-        opts = [v for v in sorted(w) if v != LOADED]
-        if not opts:
+        others = [name for name in sorted(w) if name != LOADED]
+        if not others:
             return None
-        v = rng.choice(opts)
+        v = rng.choice(others)
         removed = frozenset((v, r) for r in w[v])
         gone = frozenset({v})
         del w[v]
