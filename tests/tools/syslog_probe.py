@@ -8,6 +8,7 @@ argv: CONFIG PIN_DIR STATE_DIR WORKDIR BAD_CONFIG_TEXT
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -46,15 +47,14 @@ def main() -> int:
     def drain(seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            try:
+            with contextlib.suppress(socket.timeout):
                 got.append(log.recv(65536).decode(errors="replace"))
-            except socket.timeout:
-                pass
 
     sh(*cli, "start", "-i", "lb0", "-c", config, "--pid-file", pidfile, "--log-file",
        logfile, *dirs)
     drain(0.5)
-    good = open(config).read()
+    with open(config) as f:
+        good = f.read()
     with open(config + ".tmp", "w") as f:
         f.write(bad)
     os.replace(config + ".tmp", config)
