@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit lint bench demo demo-scaleout clean install uninstall
+.PHONY: setup test test-unit lint bench demo demo-scaleout soak clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -28,6 +28,13 @@ demo: setup
 # Three LB nodes behind a BIRD router (BGP, ECMP, BFD): spread, a node dies, it rejoins.
 demo-scaleout: setup
 	$(PY) -m xdplbd.lab.scaleout demo
+
+# The chaos soak (docs/soak.md): minutes long, not in CI. SOAK_SEED replays a run.
+SOAK_SECONDS ?= 600
+SOAK_SEED ?=
+soak: setup
+	$(PY) -m xdplbd.lab.soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+	  --json soak-result.json
 
 # install/uninstall do not run the dev set-up: they install only what xdplbd
 # needs at run time (scripts/install.sh, docs/install.md). Idempotent.

@@ -95,6 +95,7 @@ def _check_unaffected(run: LoadRun, name: str) -> None:
     ka, nc = run.keepalive, run.newconn
     assert "?" not in reals_of(run.before).values(), run.before
     assert ka.requests > 1000 and nc.requests > 200, (ka, nc)
+    assert run.rate_problems() == []
     assert ka.failed == 0 and run.keepalive_stuck == [], (ka.errors, ka.statuses, run.after)
     assert nc.failed == 0 and run.newconn_stuck == [], (nc.errors, nc.statuses, run.newconn_end)
     # Every keep-alive connection is still open, on the same real, and answering.
@@ -123,6 +124,7 @@ def test_removing_a_real_fails_only_its_own_connections(env: Env) -> None:
                f"{len(ka_stuck)} stuck",
                note_nc="allowed: the conns in flight to it")
     assert ka.requests > 1000 and nc.requests > 200
+    assert run.rate_problems() == []
     # Every connection to a remaining real carries on, same real, answering.
     assert {p: run.after[p].real if p in run.after else None for p in survivors} == survivors
     assert not set(ka_stuck) & set(survivors)

@@ -64,4 +64,5 @@ def test_generic_add_real_under_load(genv: Env) -> None:
     for r in (run.keepalive, run.newconn):
         assert r.requests > 1000 and r.failed == 0, r
     assert run.keepalive_stuck == [] and run.newconn_stuck == []
+    assert run.rate_problems() == []
     assert reals_of(run.after) == reals_of(run.before)

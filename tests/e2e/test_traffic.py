@@ -109,6 +109,7 @@ def test_ipv6_end_to_end(env: Env) -> None:
     for r in (run.keepalive, run.newconn):
         assert r.requests > 1000 and r.failed == 0, r
     assert run.keepalive_stuck == [] and run.newconn_stuck == []
+    assert run.rate_problems() == []
     assert reals_of(run.after) == reals_of(run.before)  # none moved or reset
     errors: List[str] = []
     counts, failures = spread(lab, lab.vip6, 400, errors=errors)

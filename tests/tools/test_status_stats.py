@@ -268,7 +268,7 @@ def test_stats_and_explain_fail_clearly_without_pins(lab_daemon: LabDaemon) -> N
                 ["top", "--once"]):
         r = run_cli(None, *cmd, "--pin-dir", "/sys/fs/bpf/xdplb-none-here", "--state-dir",
                     "/nonexistent")
-        assert r.returncode == 1
+        assert r.returncode == 5  # EXIT_NO_PINS (docs/bad-input.md)
         assert "no data plane pinned under /sys/fs/bpf/xdplb-none-here" in r.stderr
     st = run_cli(None, "status", "--json", "--pin-dir", "/sys/fs/bpf/xdplb-none-here",
                  "--state-dir", "/nonexistent")

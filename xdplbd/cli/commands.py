@@ -19,6 +19,14 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from xdplbd import __version__
+from xdplbd.cli.preflight import (
+    EXIT_FAIL,
+    EXIT_INTERNAL,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_USAGE,
+)
 from xdplbd.cli.status import pinned_prog_ids
 from xdplbd.core import schema
 from xdplbd.core.announce import PROTOCOL_V4, PROTOCOL_V6, render_bird
@@ -31,9 +39,6 @@ from xdplbd.service import bird, daemonize
 from xdplbd.service.announcer import set_maintenance
 from xdplbd.service.daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
 from xdplbd.service.statefile import read_state
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-EXIT_NOT_RUNNING = 3  # `status`, as LSB init scripts do
 
 
 def _err(msg: str) -> None:
@@ -239,6 +244,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
             _err(f"{e}; removing the pins only")
     if loader.remove_pins(args.pin_dir):
         print(f"removed pins under {args.pin_dir}")
+    else:
+        print(f"nothing pinned under {args.pin_dir}")
     return EXIT_OK
 
 
@@ -545,12 +552,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from xdplbd.cli import preflight
+
     args = build_parser().parse_args(argv)
     try:
+        refused = preflight.check(args)
+        if refused is not None:
+            _err(refused[1])
+            return refused[0]
         rc: int = args.func(args)
     except BrokenPipeError:  # `xdplb status | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAIL
+    except PermissionError as e:  # a file or process of root's, past the up-front check
+        _err(f"permission denied: {e}")
+        return EXIT_PERMISSION
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+    except Exception as e:  # a bug: one line, not a traceback; XDPLB_DEBUG=1 shows it
+        if os.environ.get("XDPLB_DEBUG"):
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set XDPLB_DEBUG=1 for the traceback, "
+             "and please report it)")
+        return EXIT_INTERNAL
     return rc
 
 

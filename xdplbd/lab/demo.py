@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Union
 
 from xdplbd.kernel.loader import remove_pins
+from xdplbd.lab import sources
 from xdplbd.lab.topology import IFNAME, NETNS_DIR, Lab, LabSpec, nsenter_cmd
 from xdplbd.service.statefile import read_state
 
@@ -143,6 +144,7 @@ class LbDaemon:
         self.state_dir = os.path.join(self.workdir, "state")
         self.log_path = os.path.join(self.workdir, "xdplbd.log")
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.env: Dict[str, str] = {}  # extra environment (the soak's APPLY_DELAY_ENV)
 
     # -- process
     @property
@@ -192,6 +194,7 @@ class LbDaemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         self.proc = proc
         # nsenter execs xdplbd in place, so the pid is the daemon's; state.toml names it
@@ -423,8 +426,10 @@ class Wrk:
         new_connections: bool = False,
         duration: float = 60.0,
         timeout: float = 3.0,
+        source: Optional[int] = None,
     ) -> None:
         self.lab = lab
+        self.source = source  # a client source address (lab/sources.py), else the primary
         self.url = url
         self.connections = connections
         self.threads = threads
@@ -449,8 +454,11 @@ class Wrk:
         argv += ["-s", script]
         if self.new_connections:
             argv += ["-H", "Connection: close"]
+        argv += [self.url]
+        if self.source is not None:
+            argv = sources.as_source(self.source, argv)
         self.proc = subprocess.Popen(
-            nsenter_cmd(self.lab.ns_client, [*argv, self.url]),
+            nsenter_cmd(self.lab.ns_client, argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

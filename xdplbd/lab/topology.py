@@ -54,6 +54,7 @@ from xdplbd.kernel.netns import NETNS_RUN_DIR
 from xdplbd.kernel.netns import in_netns as in_netns
 from xdplbd.kernel.netns import netns_path as netns_path
 from xdplbd.kernel.netns import nsenter_cmd as nsenter_cmd
+from xdplbd.lab import sources
 from xdplbd.service.daemonize import alive as _alive
 
 NETNS_DIR = NETNS_RUN_DIR  # the name the tests and demo use
@@ -107,6 +108,9 @@ class LabSpec:
     client_host: int = 2
     lb_host: int = 3
     real_host_base: int = 11  # real1 = .11, real2 = .12, ...
+    # The client's extra source addresses (.230, .231, ...): lab/sources.py.
+    client_sources: int = 4
+    client_source_base: int = 230
     peer_xdp_mode: str = "native"  # mode of the XDP_PASS program on v-lb
     state_root: str = STATE_ROOT
 
@@ -120,6 +124,7 @@ class LabSpec:
         net4, net6 = self.net4, self.net6
         hosts = [self.client_host, self.lb_host]
         hosts += [self.real_host_base + i for i in range(self.n_reals)]
+        hosts += [self.client_source_base + i for i in range(self.client_sources)]
         addrs4 = [net4.network_address + h for h in hosts] + [ipaddress.IPv4Address(self.vip4)]
         addrs6 = [ipaddress.IPv6Address(self.host6(h)) for h in hosts] + [
             ipaddress.IPv6Address(self.vip6)
@@ -559,6 +564,7 @@ class Lab:
         try:
             self._create_namespaces()
             self._create_links()
+            self._client_population()
             self._steer_flows()
             self._attach_peer_xdp()
             self._start_services()
@@ -670,6 +676,13 @@ class Lab:
                     f"net.ipv4.conf.{IFNAME}.arp_announce": "2",
                 },
             )
+
+    def _client_population(self) -> None:
+        """Source addresses, tw_reuse and a wide port range for the client (sources.py)."""
+        write_sysctls(self.ns_client, sources.CLIENT_SYSCTLS)
+        v4, v6 = sources.client_batches(self.spec, IFNAME)
+        _run_all([(["ip", "-n", self.ns_client, "-4", "-batch", "-"], "\n".join(v4) + "\n"),
+                  (["ip", "-n", self.ns_client, "-6", "-batch", "-"], "\n".join(v6) + "\n")])
 
     def _steer_flows(self) -> None:
         """Receive Packet Steering on every real's eth0, to all CPUs: each flow is then

@@ -35,6 +35,7 @@ from xdplbd.service.configwatch import ConfigWatcher
 from xdplbd.service.health import HealthChecker
 from xdplbd.service.metrics import start_exporter
 from xdplbd.service.notify import Notifier
+from xdplbd.service.pinwatch import POLL_S, PinWatch
 from xdplbd.service.statefile import read_state, write_state
 
 log = logging.getLogger("xdplbd")
@@ -149,6 +150,8 @@ class Daemon:
         self.lb_mac = ""
         self.mode = ""
         self.program: Optional[loader.Program] = None
+        self.pinwatch: Optional[PinWatch] = None  # set once the maps are open
+        self._pins_polled = 0.0
         self.watcher: Optional[ConfigWatcher] = None
         self._live = LiveState()  # as last read back after an apply
         # The world the file does not describe (core/effective.py): health verdicts
@@ -225,6 +228,7 @@ class Daemon:
                      self.program.digest, self.program.info.id, self.program.info.tag,
                      (time.monotonic() - t0) * 1000)
             self.dp = DataPlane(self.opts.pin_dir, cfg.tunables)
+            self.pinwatch = PinWatch(self.dp)
             repaired = self.dp.repair_ledger()
             if repaired:
                 log.info("counters: %d ledger records brought in line with the backends "
@@ -266,6 +270,8 @@ class Daemon:
 
     def _apply(self, cfg: Config, digest: str, trigger: str) -> int:
         assert self.dp is not None
+        if self.pinwatch is not None:
+            self.pinwatch.check()  # raises PinsChanged (a PlanError): nothing is written
         t0 = time.monotonic()
         live = self.dp.read_live()
         t1 = time.monotonic()
@@ -532,6 +538,9 @@ class Daemon:
                     os.read(self._wake_r, 4096)
                 if self._stop_signal:
                     break
+                if self.pinwatch is not None and time.monotonic() - self._pins_polled > POLL_S:
+                    self._pins_polled = time.monotonic()
+                    self.pinwatch.poll()
                 if self._reapply:
                     self._do_reapply()
                 if self.announcer.retry_due:
