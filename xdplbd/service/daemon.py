@@ -26,12 +26,15 @@ from xdplbd import __version__
 from xdplbd.core.config import ConfigError, FieldError, read_config_file
 from xdplbd.core.effective import Effective, Neighbour, RealId, effective
 from xdplbd.core.model import Config, IPAddress, LiveState
+from xdplbd.core.neighbours import mac_conflicts
 from xdplbd.core.plan import PlanError, make_plan
 from xdplbd.kernel import attach, iface, loader
 from xdplbd.kernel.dataplane import DataPlane
-from xdplbd.service import logsetup
+from xdplbd.service import lblink, logsetup
 from xdplbd.service.configwatch import ConfigWatcher
 from xdplbd.service.metrics import start_exporter
+from xdplbd.service.neighbours import REASON as NEIGHBOUR_REASON
+from xdplbd.service.neighbours import NeighbourMonitor
 from xdplbd.service.notify import Notifier
 from xdplbd.service.statefile import read_state, write_state
 
@@ -47,6 +50,9 @@ FINAL_DELAY_S = 0.005
 # The trigger of an apply asked for by health or neighbour changes (not a config).
 REAPPLY = ("world change",)
 SETTLE_DELAY_S = 0.5
+# At start, how long to wait for the kernel to resolve the reals without a mac
+# before the first apply (in a LAN: well under a millisecond each).
+NEIGHBOUR_START_WAIT_S = 1.5
 DEBOUNCE_S = SETTLE_DELAY_S
 # Test-only fault injection: sleep after every map operation, so a test can
 # kill -9 the daemon in the middle of an apply.
@@ -115,8 +121,8 @@ def check_config_file(path: str) -> None:
     """Refuse a config that someone other than root (or us) could have written."""
     try:
         st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
+    except OSError:
+        return  # read_config_file names why (missing, a symlink loop, ...)
     if st.st_mode & 0o002:
         raise ConfigError(path, [FieldError("", "is world-writable; run: chmod o-w " + path)])
     if st.st_uid not in (0, os.geteuid()):
@@ -155,6 +161,9 @@ class Daemon:
         self.health_view: Callable[[], Mapping[RealId, str]] = dict
         self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
         self.effective: Optional[Effective] = None  # as last applied
+        self.neighbours: Optional[NeighbourMonitor] = None
+        self.link: Optional[lblink.LinkOutcome] = None  # as last followed
+        self._link_event = False  # set from the neighbour thread
         self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
         prev = read_state(opts.state_dir)
         # The generation counts applied configs across restarts: a restart that
@@ -219,6 +228,7 @@ class Daemon:
             if repaired:
                 log.info("counters: %d ledger records brought in line with the backends "
                          "(a removal cut short, or pins from an older build)", repaired)
+            self._start_neighbours(cfg)
             self._apply(cfg, digest, "start")
             self._verify(cfg)
             self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,
@@ -237,6 +247,47 @@ class Daemon:
         gc.freeze()
         return EXIT_OK
 
+    def _start_neighbours(self, cfg: Config) -> None:
+        """Follow the reals' MACs and the LB's link (service/neighbours.py); wait a
+        moment for the reals without a mac, so the first apply has them."""
+        assert self.dp is not None
+        mon = NeighbourMonitor(self.ifname, self.request_apply, self.request_link_check)
+        mon.seed({b.ip: b.mac for v in self.dp.read_live().vips for b in v.backends})
+        mon.set_wanted(cfg)
+        mon.start()
+        self.neighbours = mon
+        self.neigh_view = mon.view
+        if any(r.mac is None for v in cfg.vips for r in v.reals):
+            mon.wait_settled(NEIGHBOUR_START_WAIT_S)
+
+    def request_link_check(self) -> None:
+        """The LB's link changed (thread-safe): the main loop follows it."""
+        self._link_event = True
+        self._wake()
+
+    def _follow_link(self, trigger: str) -> List[str]:
+        """Compare the interface with what we knew; re-attach, take a new LB MAC.
+        Returns the lines logged (one per change)."""
+        assert self.program is not None and self.dp is not None
+        mode_rule = self.opts.xdp_mode or (self.cfg.xdp_mode if self.cfg else "auto")
+        was_gone = self.link is not None and self.link.gone
+        out = lblink.follow(self.ifname, self.ifindex, self.lb_mac, self.mode, was_gone,
+                            self.program.fd, self.program.info.id, mode_rule)
+        self.link = out
+        if not out.gone:
+            self.ifindex, self.mode = out.ifindex, out.mode or self.mode
+            if out.mac_changed:
+                self.lb_mac = out.mac
+                self.dp.set_settings(self.lb_mac, self.cfg.tunables.udp_timeout
+                                     if self.cfg else 30)
+        for line in out.lines:
+            (log.warning if out.gone or out.error else log.info)("%s", line)
+        if out.lines:
+            log.debug("link followed after %s", trigger)
+            self._write_state()
+            self.notifier.status(self._status())
+        return out.lines
+
     # --- apply --------------------------------------------------------------
 
     def _effective(self, cfg: Config) -> Effective:
@@ -251,19 +302,25 @@ class Daemon:
         plan = make_plan(live, eff.config, count_moved=False)
         t2 = time.monotonic()
 
+        # A neighbour change logged its own line (service/neighbours.py).
+        level = logging.DEBUG if trigger == NEIGHBOUR_REASON else logging.INFO
+
         def on_op(op: object) -> None:
             note = getattr(op, "note", "")
             if note:
-                log.info("%s", note)
+                log.log(level, "%s", note)
             if self._apply_delay:
                 time.sleep(self._apply_delay)
 
         self.dp.apply(plan.ops, on_op)
         settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
         known = self.digest or self._prev_digest
-        if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY):
+        if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY
+                                and trigger != NEIGHBOUR_REASON):
             self.generation += 1  # counts configs applied, not health or MAC changes
         self.cfg, self.digest, self.effective = cfg, digest, eff
+        if self.neighbours is not None:
+            self.neighbours.set_wanted(cfg)
         self.applied_at = now_iso()
         log.debug("%s: %d map operations (read %.1f ms, plan %.1f ms, apply %.1f ms)", trigger,
                   len(plan.ops), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -330,11 +387,16 @@ class Daemon:
             return False
         ms = (time.monotonic() - t0) * 1000
         self._verify(cfg)
+        # The attachment is live state too: never "no changes" while it is missing.
+        relinked = self._follow_link(trigger)
         self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "ok",
                             "operations": n, "duration_ms": round(ms, 1)}
+        if relinked:
+            self.last_reload["link"] = "; ".join(relinked)
         self._write_state()
+        what = "applied" if n else ("link followed" if relinked else "no changes")
         log.info("reload (%s): %s, generation %d, %d map operations in %.0f ms", trigger,
-                 "applied" if n else "no changes", self.generation, n, ms)
+                 what, self.generation, n, ms)
         self.notifier.ready(self._status())
         return True
 
@@ -348,8 +410,9 @@ class Daemon:
         reasons, self._reapply = self._reapply, []
         if not reasons or self.cfg is None:
             return
+        only_neigh = all(r == NEIGHBOUR_REASON for r in reasons)
         try:
-            n = self._apply(self.cfg, self.digest, REAPPLY[0])
+            n = self._apply(self.cfg, self.digest, NEIGHBOUR_REASON if only_neigh else REAPPLY[0])
         except PlanError as e:
             log.error("apply after %s failed; the maps keep their state: %s",
                       ", ".join(sorted(set(reasons))), e)
@@ -382,7 +445,9 @@ class Daemon:
 
     def _status(self) -> str:
         """STATUS= text, from the live state that _write_state last read."""
-        return f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
+        text = f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
+        problem = lblink.problem(self.link, self.ifname)
+        return f"{problem}; {text}" if problem else text
 
     def _write_state(self) -> None:
         """state.toml, from the live state that the last apply read back (_verify)."""
@@ -435,7 +500,28 @@ class Daemon:
         }
         if self.last_reload:
             data["last_reload"] = self.last_reload
+        data.update(self._world_state())
         write_state(self.opts.state_dir, data)
+
+    def _world_state(self) -> Dict[str, Any]:
+        """state.toml's view of the link and the neighbour table, for `xdplb status`."""
+        out: Dict[str, Any] = {}
+        problem = lblink.problem(self.link, self.ifname)
+        if problem:
+            out["interface_problem"] = problem
+        eff = self.effective
+        if eff is not None:
+            out["unresolved"] = [
+                {"vip": str(key.addr), "port": key.port, "protocol": key.proto, "ip": str(ip),
+                 "mac": st.mac or "", "reason": st.reason}
+                for (key, ip), st in eff.reals.items() if st.mac_source == "unresolved"]
+        if self.cfg is not None:
+            out["mac_conflicts"] = [
+                {"ip": str(ip), "config_mac": cm, "neighbour_mac": nm}
+                for ip, (cm, nm) in mac_conflicts(self.cfg, self.neigh_view()).items()]
+        if self.neighbours is not None and self.neighbours.error:
+            out["neighbour_error"] = self.neighbours.error
+        return out
 
     # --- main loop -----------------------------------------------------------
 
@@ -473,6 +559,9 @@ class Daemon:
                     os.read(self._wake_r, 4096)
                 if self._stop_signal:
                     break
+                if self._link_event:
+                    self._link_event = False
+                    self._follow_link("link event")
                 if self._reapply:
                     self._do_reapply()
                 if self._hup:
@@ -494,6 +583,8 @@ class Daemon:
         return EXIT_OK
 
     def close(self) -> None:
+        if self.neighbours is not None:
+            self.neighbours.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.dp is not None:
