@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -123,6 +124,8 @@ def check_config_file(path: str) -> None:
         st = os.stat(path)
     except OSError:
         return  # read_config_file names why (missing, a symlink loop, ...)
+    if not stat.S_ISREG(st.st_mode):
+        return  # read_config_file refuses it, naming what it is
     if st.st_mode & 0o002:
         raise ConfigError(path, [FieldError("", "is world-writable; run: chmod o-w " + path)])
     if st.st_uid not in (0, os.geteuid()):
