@@ -136,6 +136,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
     else:
         vips = _vips_from_state(state)
     last = state.get("last_reload")
+    world = neighbour_status(state, vips)
     return {
         "schema": STATUS_SCHEMA,
         "daemon": {
@@ -153,6 +154,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
             "prog_id": att.prog_id if att else None,
             "prog_tag": state.get("prog_tag"),
             "source_digest": state.get("source_digest"),
+            "problem": world["problem"],
         },
         "config": {
             "path": state.get("config"),
@@ -163,7 +165,33 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
         "reloads": int(state.get("reloads", 0) or 0),
         "last_reload": dict(last) if isinstance(last, dict) else None,
         "vips": vips,
+        "warnings": world["warnings"],
     }
+
+
+def neighbour_status(state: Dict[str, Any], vips: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """What state.toml says of the link and the neighbour table: reals without a MAC
+    (no backend: listed as state "down", mac null, with the reason) join their VIPs,
+    and a configured mac that the neighbour table contradicts becomes a warning."""
+    by_key = {(v["vip"], v["port"], v["protocol"]): v for v in vips}
+    for u in state.get("unresolved", []):
+        v = by_key.get((u.get("vip"), u.get("port"), u.get("protocol")))
+        if v is None:
+            continue
+        listed = next((r for r in v["reals"] if r["ip"] == u.get("ip")), None)
+        if listed is None:
+            listed = {"ip": u.get("ip"), "mac": None, "weight": 0, "state": "down",
+                      "backend_id": None}
+            v["reals"].append(listed)
+        else:  # known before, now draining on its last MAC
+            listed["state"] = "down"
+        listed["reason"] = u.get("reason", "unresolved")
+    warnings = [f"real {c['ip']}: configured mac {c['config_mac']} but the neighbour table "
+                f"says {c['neighbour_mac']} (the configured one is used)"
+                for c in state.get("mac_conflicts", [])]
+    if state.get("neighbour_error"):
+        warnings.append(f"neighbour watch stopped: {state['neighbour_error']}")
+    return {"problem": state.get("interface_problem") or None, "warnings": warnings}
 
 
 def render_text(data: Dict[str, Any]) -> str:
@@ -179,6 +207,9 @@ def render_text(data: Dict[str, Any]) -> str:
     else:
         where = f"not loaded (nothing pinned in {p['pin_dir']})"
     lines.append(f"data plane:  {where}")
+    if p.get("problem"):
+        lines.append(f"WARNING:     {p['problem']}")
+    lines += [f"WARNING:     {w}" for w in data.get("warnings", [])]
     if c["digest"]:
         lines.append(f"config:      {c['path']}, generation {c['generation']}, digest "
                      f"{c['digest'][:12]}, applied {c['applied_at']}")
@@ -196,5 +227,7 @@ def render_text(data: Dict[str, Any]) -> str:
         host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
         lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals)")
         for r in v["reals"]:
-            lines.append(f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']}")
+            why = f" ({r['reason']})" if r.get("reason") else ""
+            lines.append(f"    {r['ip']:<39} {r['mac'] or '-':<17}  weight {r['weight']:<4} "
+                         f"{r['state']}{why}")
     return "\n".join(lines)
