@@ -10,7 +10,8 @@ from bench import dataplane
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--only", choices=["dataplane", "control"], help="run one group")
+    ap.add_argument("--only", choices=["dataplane", "control", "neighbours"],
+                    help="run one group")
     args = ap.parse_args()
     if args.only in (None, "dataplane"):
         print(dataplane.report(dataplane.run()), flush=True)
@@ -22,6 +23,11 @@ def main() -> int:
         else:
             print()
             print(control.report(control.run()), flush=True)
+    if args.only in (None, "neighbours"):
+        from bench import neighbours
+
+        print()
+        print(neighbours.report(neighbours.run()), flush=True)
     return 0
 
 

@@ -47,7 +47,7 @@ def test_resolving_or_deleted_changes_nothing_but_is_asked_again() -> None:
     assert observe(known, entry(NUD_INCOMPLETE, None)) is None
     assert observe(known, entry(NUD_REACHABLE, A, deleted=True)) is None
     assert needs_asking(entry(NUD_REACHABLE, A, deleted=True))
-    assert needs_asking(entry(0, None))  # NONE
+    assert not needs_asking(entry(0, None))  # NONE: our own request's entry, probing
     assert not needs_asking(entry(NUD_INCOMPLETE, None))  # the kernel is at it
     assert not needs_asking(entry(NUD_STALE))
 

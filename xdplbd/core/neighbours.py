@@ -79,8 +79,10 @@ def observe(prev: Optional[Neighbour], e: NeighEntry) -> Optional[Neighbour]:
 
 
 def needs_asking(e: NeighEntry) -> bool:
-    """Whether the kernel must be asked to resolve the entry's IP again now."""
-    return e.deleted or not (e.state & (NUD_VALID | NUD_INCOMPLETE | NUD_FAILED))
+    """Whether the kernel must be asked to resolve the entry's IP again now: only when
+    the entry went away. (A NONE entry is the one our own request just created: asking
+    again would restart the probe it is about to send, and echo forever.)"""
+    return e.deleted
 
 
 def change_line(ip: IPAddress, old: Optional[Neighbour], new: Neighbour,

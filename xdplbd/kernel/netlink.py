@@ -11,6 +11,7 @@ the owner resyncs with a dump.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import List, Optional, Union
 
@@ -25,6 +26,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
     RTMGRP_NEIGH,
 )
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.ndmsg import NTF_USE, NUD_NONE, ndmsg
 
 from xdplbd.core.model import IPAddress
@@ -33,6 +35,10 @@ from xdplbd.core.neighbours import LinkEvent, NeighEntry
 NTF_EXT_MANAGED = 0x01  # NDA_FLAGS_EXT: the kernel keeps the entry resolved (>= 5.16)
 IFF_UP = 0x1
 EVENT_RCVBUF = 16 << 20  # a burst of 4096 neighbour updates must fit
+SO_RCVBUFFORCE = 33
+NETLINK_ROUTE = 0
+EVENT_BUF = 1 << 16
+EVENT_READS = 256  # datagrams per events() call, then the caller acts on them
 
 
 class _ndmsg_ext(ndmsg):  # type: ignore[misc]
@@ -47,6 +53,11 @@ class _ndmsg_ext(ndmsg):  # type: ignore[misc]
                ("NDA_LINK_NETNSID", "uint32"), ("NDA_SRC_VNI", "uint32"),
                ("NDA_PROTOCOL", "uint8"), ("NDA_NH_ID", "uint32"),
                ("NDA_FDB_EXT_ATTRS", "hex"), ("NDA_FLAGS_EXT", "uint32"))
+
+
+def _os_error(e: NetlinkError, what: str) -> OSError:
+    """pyroute2's NetlinkError is no OSError; callers handle OSError."""
+    return OSError(e.code, f"{what}: {os.strerror(e.code)}")
 
 
 def _family(ip: IPAddress) -> int:
@@ -79,27 +90,40 @@ class Netlink:
 
     def __init__(self) -> None:
         self._req = IPRoute()
-        self._ev = IPRoute()
+        # Events on a plain non-blocking socket, parsed by pyroute2's marshal: its
+        # own get() buffers internally (select then misses what it holds) and
+        # swallows ENOBUFS.
+        self._ev = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
-            self._ev.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
-            self._ev.bind(groups=RTMGRP_LINK | RTMGRP_NEIGH)
+            try:  # past net.core.rmem_max (~200 KB: ~500 events), as root may
+                self._ev.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, EVENT_RCVBUF)
+            except OSError:
+                self._ev.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RCVBUF)
+            self._ev.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
         except BaseException:
             self.close()
             raise
+        self._marshal = MarshalRtnl()
         self.managed = True  # until the kernel says it has no managed entries
 
     def fileno(self) -> int:
-        return int(self._ev.fileno())
+        return self._ev.fileno()
 
     def events(self) -> List[Event]:
         """The events that are waiting (call when fileno() is readable). Raises
         OverflowError if the kernel dropped some (ENOBUFS): resync with a dump."""
-        try:
-            msgs = self._ev.get()
-        except OSError as e:
-            if e.errno == errno.ENOBUFS:
-                raise OverflowError("netlink events lost (ENOBUFS)") from None
-            raise
+        msgs: List[object] = []
+        for _ in range(EVENT_READS):
+            try:
+                data = self._ev.recv(EVENT_BUF)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    raise OverflowError("netlink events lost (ENOBUFS)") from None
+                raise
+            msgs.extend(self._marshal.parse(data))
         out = []
         for m in msgs:
             ev = _parse(m)
@@ -127,6 +151,17 @@ class Netlink:
                 out.append(ev)
         return out
 
+    def lookup(self, ifindex: int, ip: IPAddress) -> Optional[NeighEntry]:
+        """The kernel's entry for ip on ifindex, or None."""
+        try:
+            msgs = self._req.neigh("get", dst=str(ip), ifindex=ifindex, family=_family(ip))
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                return None
+            raise _os_error(e, f"look up {ip}") from None
+        ev = _parse(msgs[0]) if msgs else None
+        return ev if isinstance(ev, NeighEntry) else None
+
     def resolve(self, ifindex: int, ip: IPAddress) -> None:
         """Make the kernel resolve ip on ifindex now (it sends the ARP request or NS).
 
@@ -146,10 +181,13 @@ class Netlink:
                 return
             except NetlinkError as e:
                 if e.code not in (errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
+                    raise _os_error(e, f"resolve {ip}") from None
                 self.managed = False
-        self._req.neigh("replace", dst=str(ip), ifindex=ifindex, family=_family(ip),
-                        state=NUD_NONE, flags=NTF_USE)
+        try:
+            self._req.neigh("replace", dst=str(ip), ifindex=ifindex, family=_family(ip),
+                            state=NUD_NONE, flags=NTF_USE)
+        except NetlinkError as e:
+            raise _os_error(e, f"resolve {ip}") from None
 
     def forget(self, ifindex: int, ip: IPAddress) -> None:
         """Delete the entry (a real left the config); absent is fine."""
@@ -157,7 +195,7 @@ class Netlink:
             self._req.neigh("del", dst=str(ip), ifindex=ifindex, family=_family(ip))
         except NetlinkError as e:
             if e.code != errno.ENOENT:
-                raise
+                raise _os_error(e, f"forget {ip}") from None
 
     def close(self) -> None:
         for s in (self._req, self._ev):

@@ -11,6 +11,7 @@ daemon to check its link; the daemon re-attaches. Nothing here writes a map.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -30,6 +31,9 @@ log = logging.getLogger("xdplbd")
 # How often an unresolved real is asked for again. A managed entry is re-probed by
 # the kernel too; older kernels' NTF_USE probes once (3 tries, ~3 s to FAILED).
 RETRY_S = 1.0
+DRAIN_S = 0.05  # at most this long reading one burst before acting on it
+DUMP_EVERY_S = 5.0
+DUMP_OVER = 32  # more unresolved reals than this: one dump instead of a lookup each
 REASON = "neighbour"  # request_apply reasons start with it (the daemon logs its map ops quietly)
 
 
@@ -125,6 +129,8 @@ class _Follower:
         self.resolve: Set[IPAddress] = set()
         self.watch: Set[IPAddress] = set()
         self.asked: Dict[IPAddress, float] = {}  # ip -> when last asked
+        self.table_full = False
+        self.dumped = 0.0
 
     def run(self) -> None:
         self._read_link()
@@ -138,7 +144,7 @@ class _Follower:
                 return
             if self.nl in r:
                 try:
-                    events = self.nl.events()
+                    events = self._drain()
                 except OverflowError as e:
                     log.warning("%s; reading the neighbour table again", e)
                     self._read_link()
@@ -147,6 +153,20 @@ class _Follower:
                 self._handle(events)
             self._catch_up()
             self._retry()
+
+    def _drain(self) -> List[object]:
+        """Every event waiting now, as one batch: a burst (4096 reals resolving at
+        once) is then one copy of the view and one apply, not one per message."""
+        events: List[object] = []
+        deadline = time.monotonic() + DRAIN_S
+        while True:
+            batch = self.nl.events()
+            events.extend(batch)
+            if not batch or time.monotonic() > deadline:
+                return events
+            r, _, _ = select.select([self.nl], [], [], 0)
+            if not r:
+                return events
 
     # what the daemon wants resolved
     def _catch_up(self) -> None:
@@ -160,7 +180,8 @@ class _Follower:
         gone = old - self.resolve - self.watch
         if self.ifindex:
             for ip in gone & set(self.asked):
-                self.nl.forget(self.ifindex, ip)  # our managed entry; the kernel re-learns
+                with contextlib.suppress(OSError):  # our managed entry; the kernel re-learns
+                    self.nl.forget(self.ifindex, ip)
         for ip in gone:
             self.asked.pop(ip, None)
         self._publish({ip: n for ip, n in self.mon._view.items() if ip not in gone}, quiet=True)
@@ -186,16 +207,52 @@ class _Follower:
         try:
             self.nl.resolve(self.ifindex, ip)
         except OSError as e:
-            log.debug("asking the kernel to resolve %s: %s", ip, e)
+            if e.errno == errno.ENOBUFS and not self.table_full:
+                self.table_full = True  # once: it repeats for every real until fixed
+                log.warning("the kernel's neighbour table is full (%s): raise "
+                            "net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2, and the "
+                            "net.ipv6 ones) above the number of reals plus the hosts this "
+                            "machine talks to; reals that cannot be resolved get no flows", e)
+            else:
+                log.debug("asking the kernel to resolve %s: %s", ip, e)
 
     def _retry(self) -> None:
-        """Ask again for reals that are still unresolved (the kernel gave up)."""
+        """For reals still unresolved a while after asking: read their entries (an
+        event may have been lost), and ask again where the kernel gave up."""
+        if not self.ifindex:
+            return
         now = time.monotonic()
         view = self.mon._view
-        for ip in self.resolve:
-            n = view.get(ip)
-            if (n is None or not n.resolved) and now - self.asked.get(ip, 0.0) >= RETRY_S:
+        due = [ip for ip in self.resolve
+               if (ip not in view or not view[ip].resolved)
+               and now - self.asked.get(ip, 0.0) >= RETRY_S]
+        if not due:
+            return
+        try:
+            if len(due) > DUMP_OVER:
+                if now - self.dumped < DUMP_EVERY_S:
+                    return  # a dump of thousands costs ~0.1-0.5 s of CPU: not every second
+                self.dumped = now
+                entries = {e.ip: e for e in self.nl.neighbours(self.ifindex)}
+            else:
+                entries = {}
+                for ip in due:
+                    e = self.nl.lookup(self.ifindex, ip)
+                    if e is not None:
+                        entries[ip] = e
+        except OSError as e:
+            log.debug("reading neighbour entries: %s", e)
+            entries = {}
+        self._apply(e for ip, e in entries.items() if ip in due)
+        for ip in due:
+            e = entries.get(ip)
+            # An entry being probed (INCOMPLETE, NONE) is left alone: asking again would
+            # restart its probe. A managed entry that FAILED is re-probed by the kernel.
+            if e is None or (e.failed and not self.nl.managed):
                 self._ask(ip)
+            else:
+                self.asked[ip] = now  # look again in RETRY_S
+        self._check_settled()
 
     def _check_settled(self) -> None:
         view = self.mon._view
