@@ -237,18 +237,18 @@ class _Follower:
             else:
                 entries = {}
                 for ip in due:
-                    e = self.nl.lookup(self.ifindex, ip)
-                    if e is not None:
-                        entries[ip] = e
-        except OSError as e:
-            log.debug("reading neighbour entries: %s", e)
+                    found = self.nl.lookup(self.ifindex, ip)
+                    if found is not None:
+                        entries[ip] = found
+        except OSError as err:
+            log.debug("reading neighbour entries: %s", err)
             entries = {}
         self._apply(e for ip, e in entries.items() if ip in due)
         for ip in due:
-            e = entries.get(ip)
+            entry = entries.get(ip)
             # An entry being probed (INCOMPLETE, NONE) is left alone: asking again would
             # restart its probe. A managed entry that FAILED is re-probed by the kernel.
-            if e is None or (e.failed and not self.nl.managed):
+            if entry is None or (entry.failed and not self.nl.managed):
                 self._ask(ip)
             else:
                 self.asked[ip] = now  # look again in RETRY_S
