@@ -54,6 +54,7 @@ SETTLE_DELAY_S = 0.5
 # At start, how long to wait for the kernel to resolve the reals without a mac
 # before the first apply (in a LAN: well under a millisecond each).
 NEIGHBOUR_START_WAIT_S = 1.5
+RELOAD_NEIGHBOUR_WAIT_S = 0.5
 DEBOUNCE_S = SETTLE_DELAY_S
 # Test-only fault injection: sleep after every map operation, so a test can
 # kill -9 the daemon in the middle of an apply.
@@ -263,6 +264,16 @@ class Daemon:
         if any(r.mac is None for v in cfg.vips for r in v.reals):
             mon.wait_settled(NEIGHBOUR_START_WAIT_S)
 
+    def _resolve_new_reals(self, cfg: Config) -> None:
+        """Give reals new to the config without a mac a moment to resolve, so that this
+        reload adds them (else the neighbour event's apply does, a moment later)."""
+        if self.neighbours is None:
+            return
+        view = self.neigh_view()
+        if any(r.mac is None and r.ip not in view for v in cfg.vips for r in v.reals):
+            self.neighbours.set_wanted(cfg)
+            self.neighbours.wait_settled(RELOAD_NEIGHBOUR_WAIT_S)
+
     def request_link_check(self) -> None:
         """The LB's link changed (thread-safe): the main loop follows it."""
         self._link_event = True
@@ -372,6 +383,7 @@ class Daemon:
             log.debug("%s: read and validated in %.1f ms", trigger,
                       (time.monotonic() - t0) * 1000)
             self._check_restart_only(cfg)
+            self._resolve_new_reals(cfg)
             n = self._apply(cfg, digest, trigger)
         except ConfigError as e:
             self._log_rejected(e)
