@@ -10,7 +10,8 @@ from bench import dataplane
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--only", choices=["dataplane", "control", "health", "scaleout"],
+    ap.add_argument("--only", choices=["dataplane", "control", "health", "scaleout",
+                                       "neighbours"],
                     help="run one group")
     args = ap.parse_args()
     if args.only in (None, "dataplane"):
@@ -33,6 +34,11 @@ def main() -> int:
 
         print()
         print(scaleout.report(scaleout.run()), flush=True)
+    if args.only in (None, "neighbours"):
+        from bench import neighbours
+
+        print()
+        print(neighbours.report(neighbours.run()), flush=True)
     return 0
 
 

@@ -16,10 +16,10 @@ die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo make ...)"
 
 # --- distro packages ------------------------------------------------------
-DEB_PKGS=(python3 python3-venv python3-bpfcc libbpf1 iproute2 ethtool
+DEB_PKGS=(python3 python3-venv python3-bpfcc python3-pyroute2 libbpf1 iproute2 ethtool
   nginx-light wrk socat curl tcpdump tmux debootstrap systemd-container
   groff-base man-db bpftool kmod zstd make bird2 keepalived)
-RPM_PKGS=(python3 python3-bcc libbpf iproute ethtool nginx socat curl
+RPM_PKGS=(python3 python3-bcc python3-pyroute2 libbpf iproute ethtool nginx socat curl
   tcpdump tmux systemd-container groff-base man-db bpftool kernel-devel bird keepalived)
 
 # shellcheck source=scripts/apt-missing.sh

@@ -53,10 +53,10 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 . "$ROOT/scripts/apt-missing.sh"
 
 # Runtime packages only (the test/dev tools of scripts/bootstrap.sh are not needed).
-DEB_PKGS=(python3 python3-venv python3-setuptools python3-bpfcc libbpf1 iproute2
+DEB_PKGS=(python3 python3-venv python3-setuptools python3-bpfcc python3-pyroute2 libbpf1 iproute2
   python3-watchdog python3-tomli-w python3-sdnotify python3-rich python3-prometheus-client)
 # RHEL/Rocky: what is not packaged there (sdnotify, tomli-w, ...) pip fetches into the venv.
-RPM_PKGS=(python3 python3-pip python3-setuptools python3-bcc libbpf iproute)
+RPM_PKGS=(python3 python3-pip python3-setuptools python3-bcc python3-pyroute2 libbpf iproute)
 
 systemd_running() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
 

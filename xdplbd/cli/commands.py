@@ -31,6 +31,7 @@ from xdplbd.cli.status import pinned_prog_ids
 from xdplbd.core import schema
 from xdplbd.core.announce import PROTOCOL_V4, PROTOCOL_V6, render_bird
 from xdplbd.core.config import ConfigError
+from xdplbd.core.effective import Neighbour, effective
 from xdplbd.core.model import LiveState, VipKey
 from xdplbd.core.plan import PlanError, make_plan, render_plan
 from xdplbd.kernel import libbpf, loader
@@ -66,12 +67,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     if os.path.exists(os.path.join(args.pin_dir, "vips")):
         with open_pinned(args.pin_dir, read_state(args.state_dir)) as dp:
             live = dp.read_live()
+    # A real without a mac takes the MAC the maps hold for its IP (the daemon's last
+    # known one); one that is not in the maps yet waits for xdplbd to resolve it.
+    known = {b.ip: Neighbour(b.mac, True) for v in live.vips for b in v.backends}
+    eff = effective(cfg, {}, known)
     try:
-        plan = make_plan(live, cfg)
+        plan = make_plan(live, eff.config)
     except PlanError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return EXIT_FAIL
     print(render_plan(plan))
+    waiting = sorted({str(ip) for (_, ip), st in eff.reals.items() if st.mac is None})
+    if waiting:
+        print(f"not planned: {len(waiting)} real{'s' if len(waiting) != 1 else ''} without a "
+              f"mac, until xdplbd resolves them from the neighbour table: "
+              f"{', '.join(waiting[:8])}{' ...' if len(waiting) > 8 else ''}")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from xdplbd.core import frames
 from xdplbd.core.config import ConfigError, read_config_file
+from xdplbd.core.effective import Neighbour, with_macs
 from xdplbd.core.health import TCP_DSR, Probe, Result, check_of, host_port
 from xdplbd.core.model import Config, IPAddress, Vip
 from xdplbd.kernel import iface, rawsock
@@ -119,8 +120,8 @@ async def _round(vips: List[Vip], ifname: str) -> Dict[Tuple[str, str], List[Fin
                 p = c.probe
                 jobs.append((who, "healthcheck", syn(p) if p.kind == TCP_DSR else
                              loop.create_task(run_socket_probe(p, source(p.addr)))))
-            if v.key.proto == "tcp" and not (c is not None and c.probe.kind == TCP_DSR
-                                             and c.probe.port == v.key.port):
+            if r.mac and v.key.proto == "tcp" and not (c is not None and c.probe.kind == TCP_DSR
+                                                       and c.probe.port == v.key.port):
                 jobs.append((who, "dsr-syn", syn(Probe(TCP_DSR, v.key.addr, v.key.port,
                                                         SYN_TIMEOUT_S, mac=r.mac))))
     try:
@@ -148,7 +149,7 @@ async def _round(vips: List[Vip], ifname: str) -> Dict[Tuple[str, str], List[Fin
 def _answers(vips: List[Vip], ifname: str, lb_mac: bytes) -> Dict[Tuple[bytes, IPAddress], bool]:
     """Send ARP requests / Neighbor Solicitations for each VIP to each real's MAC (unicast:
     only that host sees it) and collect who claims the VIP."""
-    pairs = {(frames.mac_bytes(r.mac), v.key.addr, r.ip) for v in vips for r in v.reals}
+    pairs = {(frames.mac_bytes(r.mac), v.key.addr, r.ip) for v in vips for r in v.reals if r.mac}
     tx = rawsock.sender(ifname)
     rx = rawsock.receiver(ifname, None)
     claimed: Dict[Tuple[bytes, IPAddress], bool] = {(m, a): False for m, a, _ in pairs}
@@ -199,12 +200,18 @@ def _neighbour(ifname: str, ip: IPAddress, src: Optional[IPAddress]) -> Optional
 
 
 def diagnose(cfg: Config, ifname: str, which: Optional[str] = None) -> List[Dict[str, Any]]:
+    # Reals without a configured mac are checked at the MAC the kernel resolves for them,
+    # as the daemon forwards to it.
+    avoid = {v.key.addr for v in cfg.vips}
+    kernel_macs = {r.ip: _neighbour(ifname, r.ip, rawsock.source_for(r.ip, ifname, avoid))
+                   for v in cfg.vips for r in v.reals if not r.mac}
+    configured = {(v.key, r.ip) for v in cfg.vips for r in v.reals if r.mac}
+    cfg = with_macs(cfg, {ip: Neighbour(m, m is not None) for ip, m in kernel_macs.items()})
     vips = select_vips(cfg, which)
     found = asyncio.run(_round(vips, ifname))
     lb_mac = frames.mac_bytes(iface.mac_address(ifname))
     claims = _answers(vips, ifname, lb_mac)
-    avoid = {v.key.addr for v in cfg.vips}
-    neigh: Dict[IPAddress, Optional[str]] = {}
+    neigh: Dict[IPAddress, Optional[str]] = dict(kernel_macs)
     out = []
     for i, v in enumerate(cfg.vips):
         if v not in vips:
@@ -213,6 +220,14 @@ def diagnose(cfg: Config, ifname: str, which: Optional[str] = None) -> List[Dict
         for j, r in enumerate(v.reals):
             fs = found.get((str(v.key), str(r.ip)), [])
             proto = "arp" if v.key.addr.version == 4 else "ndp"
+            if r.mac is None:
+                fs.append(Finding("mac", False, f"no neighbour entry for {r.ip} on {ifname}: "
+                                  "it does not answer ARP/NDP for its own address, so it gets "
+                                  "no traffic (unresolved)",
+                                  f"check that real {r.ip} is up and on {ifname}'s link"))
+                reals.append({"ip": str(r.ip), "mac": None, "ok": False,
+                              "checks": [asdict(f) for f in fs]})
+                continue
             if claims.get((frames.mac_bytes(r.mac), v.key.addr)):
                 fix = ("on the real: sysctl -w net.ipv4.conf.all.arp_ignore=1 "
                        "net.ipv4.conf.all.arp_announce=2 (and the same for its interface "
@@ -232,6 +247,9 @@ def diagnose(cfg: Config, ifname: str, which: Optional[str] = None) -> List[Dict
                 fs.append(Finding("mac", False, f"no neighbour entry for {r.ip} on {ifname}: "
                                   "it does not answer ARP/NDP for its own address",
                                   f"check that real {r.ip} is up and on {ifname}'s link"))
+            elif (v.key, r.ip) not in configured:
+                fs.append(Finding("mac", True, f"{kmac} from the neighbour table (no mac in "
+                                  "the config)"))
             elif kmac != r.mac:
                 fs.append(Finding("mac", False, f"the config says {r.mac} for {r.ip}, the "
                                   f"neighbour table {kmac}",

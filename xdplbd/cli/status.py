@@ -146,6 +146,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
         host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
         per_vip = (announce or {}).get("vips", {}).get(f"{host}:{v['port']}/{v['protocol']}")
         v["announce"] = dict(per_vip) if isinstance(per_vip, dict) else None
+    world = neighbour_status(state, vips)
     return {
         "schema": STATUS_SCHEMA,
         "daemon": {
@@ -163,6 +164,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
             "prog_id": att.prog_id if att else None,
             "prog_tag": state.get("prog_tag"),
             "source_digest": state.get("source_digest"),
+            "problem": world["problem"],
         },
         "config": {
             "path": state.get("config"),
@@ -176,6 +178,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
             k: announce.get(k) for k in ("file", "socket", "maintenance", "routes",
                                          "configured_at", "error")},
         "vips": vips,
+        "warnings": world["warnings"],
     }
 
 
@@ -208,6 +211,31 @@ def add_health(vips: List[Dict[str, Any]], doc: Dict[str, Any]) -> None:
                                 "at": _iso(last.get("at"))} if last.get("at") else None)
 
 
+def neighbour_status(state: Dict[str, Any], vips: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """What state.toml says of the link and the neighbour table: reals without a MAC
+    (no backend: listed as state "down", mac null, with the reason) join their VIPs,
+    and a configured mac that the neighbour table contradicts becomes a warning."""
+    by_key = {(v["vip"], v["port"], v["protocol"]): v for v in vips}
+    for u in state.get("unresolved", []):
+        v = by_key.get((u.get("vip"), u.get("port"), u.get("protocol")))
+        if v is None:
+            continue
+        listed = next((r for r in v["reals"] if r["ip"] == u.get("ip")), None)
+        if listed is None:
+            listed = {"ip": u.get("ip"), "mac": None, "weight": 0, "state": "down",
+                      "backend_id": None}
+            v["reals"].append(listed)
+        else:  # known before, now draining on its last MAC
+            listed["state"] = "down"
+        listed["reason"] = u.get("reason", "unresolved")
+    warnings = [f"real {c['ip']}: configured mac {c['config_mac']} but the neighbour table "
+                f"says {c['neighbour_mac']} (the configured one is used)"
+                for c in state.get("mac_conflicts", [])]
+    if state.get("neighbour_error"):
+        warnings.append(f"neighbour watch stopped: {state['neighbour_error']}")
+    return {"problem": state.get("interface_problem") or None, "warnings": warnings}
+
+
 def render_text(data: Dict[str, Any]) -> str:
     d, p, c = data["daemon"], data["dataplane"], data["config"]
     lines = []
@@ -221,6 +249,9 @@ def render_text(data: Dict[str, Any]) -> str:
     else:
         where = f"not loaded (nothing pinned in {p['pin_dir']})"
     lines.append(f"data plane:  {where}")
+    if p.get("problem"):
+        lines.append(f"WARNING:     {p['problem']}")
+    lines += [f"WARNING:     {w}" for w in data.get("warnings", [])]
     if c["digest"]:
         lines.append(f"config:      {c['path']}, generation {c['generation']}, digest "
                      f"{c['digest'][:12]}, applied {c['applied_at']}")
@@ -253,11 +284,12 @@ def render_text(data: Dict[str, Any]) -> str:
         lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals){fo}{why}")
         for r in v["reals"]:
             health = r.get("health", "unchecked")
-            line = (f"    {r['ip']:<39} {r['mac']}  weight {r['weight']:<4} {r['state']:<8} "
-                    f"health {health}")
+            why = f" ({r['reason']})" if r.get("reason") else ""
+            line = (f"    {r['ip']:<39} {r['mac'] or '-':<17}  weight {r['weight']:<4} "
+                    f"{r['state']:<8} health {health}")
             if r.get("health_since"):
                 line += f" since {r['health_since']}"
-            lines.append(line)
+            lines.append(line + why)
             last = r.get("last_check")
             if last:
                 lines.append(f"      last check {last['at']}: {last['result']}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import hashlib
 import ipaddress
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
@@ -111,6 +114,18 @@ def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return obj
 
 
+class _NonFinite:
+    """NaN, Infinity or -Infinity in the file: Python's json reads them, JSON has none."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _no_constants(text: str) -> Any:
+    """For the fast path: NaN or Infinity sends the document to the full validator."""
+    raise _Fallback
+
+
 def config_digest(text: bytes) -> str:
     """sha256 hex of the raw file, recorded in state.toml."""
     return hashlib.sha256(text).hexdigest()
@@ -119,18 +134,73 @@ def config_digest(text: bytes) -> str:
 def read_config_file(path: str) -> Tuple[Config, str]:
     """Read and parse a config file; returns the Config and the digest of its bytes.
 
-    Unreadable or non-UTF-8 files raise ConfigError too.
+    Anything but a readable regular file of at most MAX_CONFIG_BYTES (a FIFO, a
+    device, a socket, a directory, a symlink loop, a huge file) raises ConfigError
+    with one line naming the file and the reason, and never blocks: a FIFO is
+    refused before it is opened, and the file is opened non-blocking anyway in
+    case it was swapped for one in between.
     """
+    raw = read_config_bytes(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
-    try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte order mark is accepted
     except UnicodeDecodeError as e:
-        raise ConfigError(path, [FieldError("", f"not UTF-8 text: {e.reason}")]) from e
+        line, col = _line_col(raw[: e.start].decode("utf-8", "replace"), e.start)
+        raise ConfigError(path, [FieldError(
+            "", f"line {line} column {col}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+            f"offset {e.start})")]) from None
     return parse_config(text, path), config_digest(raw)
+
+
+MAX_CONFIG_BYTES = 16 << 20  # 16 MiB: 65534 reals (tunables.max_reals' limit) take ~6 MB
+
+
+def _not_regular(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
+def read_config_bytes(path: str) -> bytes:
+    """The bytes of the config file, or ConfigError naming the file and why not."""
+
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(path, [FieldError("", reason)])
+
+    def os_reason(e: OSError) -> str:
+        if e.errno == errno.ELOOP:
+            return "cannot read: a symbolic link loop (too many levels of symbolic links)"
+        return f"cannot read: {e.strerror or e}"
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(_not_regular(st.st_mode))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise fail(os_reason(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
+            raise fail(_not_regular(st.st_mode))
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise fail(f"is {st.st_size} bytes, over the limit of {MAX_CONFIG_BYTES} bytes")
+        chunks = []
+        total = 0
+        while True:  # up to the limit, even if the file grows while we read
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_CONFIG_BYTES:
+                raise fail(f"is over the limit of {MAX_CONFIG_BYTES} bytes")
+            chunks.append(chunk)
+    except OSError as e:
+        raise fail(os_reason(e)) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def load_config(path: str) -> Config:
@@ -166,11 +236,18 @@ def _line_col(text: str, pos: int) -> Tuple[int, int]:
 
 def parse_config(text: str, source: str) -> Config:
     """Parse JSON-with-comments text into a Config, or raise ConfigError with all errors."""
-    cfg = _parse_memoised(text)
+    try:
+        cfg = _parse_memoised(text)
+    except RecursionError:
+        cfg = None  # the full way names it
     if cfg is not None:
         return cfg
     try:
-        doc = json.loads(strip_comments(text), object_pairs_hook=_object_hook)
+        doc = json.loads(strip_comments(text), object_pairs_hook=_object_hook,
+                         parse_constant=_NonFinite)
+    except RecursionError:
+        raise ConfigError(source, [FieldError(
+            "", "invalid JSON: nested too deeply (a config needs 5 levels)")]) from None
     except json.JSONDecodeError as e:
         raise ConfigError(
             source, [FieldError("", f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}")]
@@ -220,7 +297,7 @@ _memo: Dict[str, _Checked] = {}
 MEMO_SLACK = 64  # entries beyond twice the VIPs of the last parse before pruning
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as json.decoder has it
 _Scan = Callable[[str, int], Tuple[Any, int]]  # json's scanner: (value, end index)
-_scan_value: _Scan = cast(Any, json.JSONDecoder()).scan_once  # plain, like json.loads
+_scan_value: _Scan = cast(Any, json.JSONDecoder(parse_constant=_no_constants)).scan_once
 
 
 def _skip(text: str, i: int) -> int:
@@ -250,7 +327,8 @@ def _top_level(text: str) -> Optional[Dict[str, Any]]:
     """The top-level object, its "vips" array as _VipTexts; None unless the
     document is a plain object (no repeated key) whose "vips" is an array."""
     ws = _skip
-    scan_dict: _Scan = cast(Any, json.JSONDecoder(object_pairs_hook=_no_duplicates)).scan_once
+    scan_dict: _Scan = cast(Any, json.JSONDecoder(object_pairs_hook=_no_duplicates,
+                                                   parse_constant=_no_constants)).scan_once
     i = ws(text, 0)
     if text[i : i + 1] != "{":
         return None
@@ -298,7 +376,7 @@ def _elements(text: str, i: int) -> Tuple[_VipTexts, int]:
 
 
 def _check_alone(text: str) -> Optional[_Checked]:
-    item = json.loads(text, object_pairs_hook=_no_duplicates)
+    item = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     v = _Validator()
     vip = v.vip(item, "vips[0]", {})
     if vip is None or v.errors:
@@ -341,6 +419,8 @@ def _describe(value: Any) -> str:
     """How a JSON value is named in a type error."""
     if value is None:
         return "null"
+    if isinstance(value, _NonFinite):
+        return f"{value.text} (not a JSON number)"
     if isinstance(value, bool):
         return f"boolean {json.dumps(value)}"
     if isinstance(value, (int, float)):
@@ -420,7 +500,9 @@ class _Validator:
     def integer(self, value: Any, path: str, lo: int, hi: Optional[int]) -> Optional[int]:
         # bool is a subclass of int in Python but not a number in the config.
         if isinstance(value, bool) or not isinstance(value, int):
-            self.err(path, f"must be an integer, got {_describe(value)}")
+            quoted = isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+(\.[0-9]*)?\s*", value)
+            hint = " (write the number without quotes)" if quoted else ""
+            self.err(path, f"must be an integer, got {_describe(value)}{hint}")
             return None
         if value < lo or (hi is not None and value > hi):
             rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
@@ -591,8 +673,8 @@ class _Validator:
             return None
         vips: List[Vip] = []
         seen_vip: Dict[VipKey, int] = {}
-        # real ip -> (normalised mac, path of its first occurrence)
-        seen_mac: Dict[IPAddress, Tuple[str, str]] = {}
+        # real ip -> (normalised mac or None, path of its first occurrence)
+        seen_mac: Dict[IPAddress, Tuple[Optional[str], str]] = {}
         total_reals = 0
         for i, item in enumerate(value):
             path = f"vips[{i}]"
@@ -629,7 +711,7 @@ class _Validator:
         return tuple(vips)
 
     def vip(
-        self, value: Any, path: str, seen_mac: Dict[IPAddress, Tuple[str, str]]
+        self, value: Any, path: str, seen_mac: Dict[IPAddress, Tuple[Optional[str], str]]
     ) -> Optional[Vip]:
         obj = self.obj(value, path, _VIP_KEYS)
         if obj is None:
@@ -764,7 +846,7 @@ class _Validator:
         value: Any,
         path: str,
         vip_addr: Optional[IPAddress],
-        seen_mac: Dict[IPAddress, Tuple[str, str]],
+        seen_mac: Dict[IPAddress, Tuple[Optional[str], str]],
         check: Optional[HealthCheck] = None,
     ) -> Optional[Tuple[Real, ...]]:
         if not isinstance(value, list):
@@ -790,14 +872,20 @@ class _Validator:
                 ok = False
                 continue
             seen_ip[real.ip] = j
-            # One host has one MAC: the same real under two VIPs must agree.
+            # One host has one MAC: the same real under two VIPs must agree, given
+            # everywhere or nowhere (then the neighbour table gives it).
             if real.ip in seen_mac:
                 mac, where = seen_mac[real.ip]
                 if mac != real.mac:
-                    self.err(
-                        f"{rpath}.mac",
-                        f'"{real.mac}" differs from the MAC of {real.ip} in {where} ("{mac}")',
-                    )
+                    if real.mac is None:
+                        why = (f'is missing, but {where} gives {real.ip} the MAC "{mac}" '
+                               "(give the same mac everywhere, or none)")
+                    elif mac is None:
+                        why = (f'"{real.mac}" is given, but {where} gives {real.ip} no mac '
+                               "(give the same mac everywhere, or none)")
+                    else:
+                        why = f'"{real.mac}" differs from the MAC of {real.ip} in {where} ("{mac}")'
+                    self.err(f"{rpath}.mac", why)
                     ok = False
             else:
                 seen_mac[real.ip] = (real.mac, rpath)
@@ -810,13 +898,14 @@ class _Validator:
             return None
         ip: Optional[IPAddress] = None
         mac: Optional[str] = None
-        for key in ("ip", "mac"):
-            if key not in obj:
-                self.err(f"{path}.{key}", "is required")
+        if "ip" not in obj:
+            self.err(f"{path}.ip", "is required")
         if "ip" in obj:
             ip = self.address(obj["ip"], f"{path}.ip")
-        if "mac" in obj:
+        mac_ok = True
+        if "mac" in obj:  # optional: without it, the neighbour table gives the MAC
             mac = self.mac(obj["mac"], f"{path}.mac")
+            mac_ok = mac is not None
         weight: Optional[int] = 1
         if "weight" in obj:
             weight = self.integer(obj["weight"], f"{path}.weight", 0, MAX_WEIGHT)
@@ -825,7 +914,7 @@ class _Validator:
             if own is None:
                 return None
             check = own
-        if ip is None or mac is None or weight is None:
+        if ip is None or not mac_ok or weight is None:
             return None
         return Real(ip=ip, mac=mac, weight=weight, healthcheck=check)
 

@@ -81,6 +81,23 @@ def _vip(vip: Vip, reals: Tuple[Real, ...]) -> Vip:
     return v
 
 
+def with_macs(cfg: Config, neigh: Mapping[IPAddress, Neighbour]) -> Config:
+    """`cfg` with each MAC-less real's MAC from the neighbour table where one is known
+    (the health checker's DSR probe is framed to it). The same object when nothing
+    changes, so the checker sees the same checks."""
+    vips = []
+    for vip in cfg.vips:
+        reals = tuple(
+            replace(r, mac=neigh[r.ip].mac)
+            if not r.mac and r.ip in neigh and neigh[r.ip].mac else r
+            for r in vip.reals)
+        vips.append(vip if all(a is b for a, b in zip(reals, vip.reals))
+                    else replace(vip, reals=reals))
+    if all(a is b for a, b in zip(vips, cfg.vips)):
+        return cfg
+    return replace(cfg, vips=tuple(vips))
+
+
 def effective(cfg: Config, health: Mapping[RealId, str],
               neigh: Mapping[IPAddress, Neighbour]) -> Effective:
     """The config the maps must hold now, and why each real is where it is.

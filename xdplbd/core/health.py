@@ -89,6 +89,8 @@ def check_of(vip: VipKey, real: Real) -> Optional[Check]:
         return None
     port = hc.port if hc.port is not None else vip.port
     if hc.type == "tcp" and hc.dsr:
+        if not real.mac:
+            return None  # framed to the real's MAC: not checked until it is resolved
         probe = Probe(TCP_DSR, vip.addr, port, hc.timeout, mac=real.mac)
     elif hc.type == "tcp":
         probe = Probe(TCP, real.ip, port, hc.timeout)

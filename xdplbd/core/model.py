@@ -77,10 +77,11 @@ class HealthCheck:
 
 @dataclass(frozen=True)
 class Real:
-    """A real server of one VIP. Its identity is its IP; mac is lowercase a:b:c:d:e:f."""
+    """A real server of one VIP. Its identity is its IP; mac is lowercase a:b:c:d:e:f,
+    or None in the config: resolve it from the neighbour table (core/effective.py)."""
 
     ip: IPAddress
-    mac: str
+    mac: Optional[str]
     weight: int = 1
     healthcheck: Optional[HealthCheck] = None  # its own check (the VIP's, overridden)
 
@@ -107,7 +108,7 @@ class Vip:
         return real_lines((r.ip, r.mac, r.weight) for r in self.reals)
 
 
-def real_lines(reals: Iterable[Tuple[IPAddress, str, int]]) -> str:
+def real_lines(reals: Iterable[Tuple[IPAddress, Optional[str], int]]) -> str:
     return "".join(sorted(f"{ip} {mac} {weight}\n" for ip, mac, weight in reals))
 
 

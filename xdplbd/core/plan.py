@@ -33,6 +33,14 @@ class PlanError(Exception):
     """The desired config cannot be reached from the live state (e.g. out of ids)."""
 
 
+def _mac(r: Real) -> str:
+    """A real's MAC for the maps. The plan takes the effective config (core/effective.py),
+    where every real has one; a real without is never forwarded to (no zero MAC)."""
+    if r.mac is None:
+        raise PlanError(f"real {r.ip} has no MAC (not resolved): it cannot be a backend")
+    return r.mac
+
+
 # -- operations ---------------------------------------------------------------
 
 
@@ -282,7 +290,7 @@ def _add_vip(vip: Vip, m: int, vip_ids: _Ids, backend_ids: _Ids) -> Tuple[List[O
     triples: List[Tuple[IPAddress, int, int]] = []
     for r in vip.reals:
         bid = backend_ids.take()
-        ops.append(PutBackend(key, vid, bid, r.ip, r.mac, r.weight, f"vip {key}: +real {r.ip}"))
+        ops.append(PutBackend(key, vid, bid, r.ip, _mac(r), r.weight, f"vip {key}: +real {r.ip}"))
         triples.append((r.ip, r.weight, bid))
     digest = desired_digest(vip, m)
     ops.append(SwapRing(key, vid, tuple(triples), m, digest, m))
@@ -308,7 +316,8 @@ def _change_vip(
         old = keep.get(r.ip)
         if old is None:
             bid = backend_ids.take()
-            ops.append(PutBackend(key, vid, bid, r.ip, r.mac, r.weight, f"vip {key}: +real {r.ip}"))
+            note = f"vip {key}: +real {r.ip}"
+            ops.append(PutBackend(key, vid, bid, r.ip, _mac(r), r.weight, note))
         else:
             bid = old.id
             ops.extend(_update_backend(key, vid, old, r))
@@ -350,7 +359,7 @@ def _update_backend(key: VipKey, vid: int, old: LiveBackend, new: Real) -> List[
     ops: List[Op] = []
     mac = old.mac
     if old.mac != new.mac:
-        mac = new.mac
+        mac = _mac(new)
         note = f"vip {key}: real {new.ip} mac {old.mac} -> {new.mac}"
         ops.append(PutBackend(key, vid, old.id, new.ip, mac, old.weight, note))
     if old.weight != new.weight:

@@ -18,8 +18,11 @@ class AttachError(RuntimeError):
     pass
 
 
-def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode: str) -> str:
-    """Make `prog_id` the interface's XDP program; returns the mode it runs in."""
+def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode: str,
+                    quiet: bool = False) -> str:
+    """Make `prog_id` the interface's XDP program; returns the mode it runs in.
+    `quiet` logs the attach at debug level, for a caller that logs it in its own line."""
+    level = logging.DEBUG if quiet else logging.INFO
     current = libbpf.xdp_query(ifindex)
     if current.prog_id == prog_id:
         return current.mode
@@ -49,6 +52,6 @@ def ensure_attached(ifname: str, ifindex: int, prog_fd: int, prog_id: int, mode:
                 log.warning("native XDP unavailable on %s (%s); falling back to generic",
                             ifname, e.strerror)
             continue
-        log.info("attached XDP program %d to %s in %s mode", prog_id, ifname, m)
+        log.log(level, "attached XDP program %d to %s in %s mode", prog_id, ifname, m)
         return m
     raise AttachError(f"cannot attach XDP to {ifname}: " + "; ".join(errors))

@@ -66,9 +66,9 @@ def lb_config(
     """lb_conf.json for *lab* with the reals named in *weights* (name -> weight), in that
     order, behind each of the lab's VIPs (v4 TCP, v4 UDP, v6 TCP)."""
     cfg = lab.config()
-    by_mac = {r.mac: r.name for r in lab.reals}
+    by_ip = {ip: r.name for r in lab.reals for ip in (r.ip4, r.ip6)}
     for vip in cfg["vips"]:
-        reals = {by_mac[r["mac"]]: r for r in vip["reals"]}
+        reals = {by_ip[r["ip"]]: r for r in vip["reals"]}
         vip["reals"] = [dict(reals[name], weight=w) for name, w in weights.items()]
     if extra:
         cfg.update(extra)

@@ -456,12 +456,13 @@ class Lab:
         ]
 
     def config(self) -> Dict[str, Any]:
-        """lb_conf.json for this lab: v4 tcp, v4 udp and v6 tcp VIPs over all reals."""
+        """lb_conf.json for this lab: v4 tcp, v4 udp and v6 tcp VIPs over all reals. No
+        MACs: xdplbd resolves them from the LB's neighbour table, as operators run it."""
         reals = self.reals
         port, uport = self.spec.http_port, self.spec.udp_port
 
         def vip(addr: str, p: int, proto: str, v6: bool) -> Dict[str, Any]:
-            rs = [{"ip": r.ip6 if v6 else r.ip4, "mac": r.mac, "weight": 1} for r in reals]
+            rs = [{"ip": r.ip6 if v6 else r.ip4, "weight": 1} for r in reals]
             return {"vip": addr, "port": p, "protocol": proto, "reals": rs}
 
         return {

@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -24,16 +25,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from xdplbd import __version__
 from xdplbd.core.config import ConfigError, FieldError, read_config_file
-from xdplbd.core.effective import Effective, Neighbour, RealId, effective
+from xdplbd.core.effective import Effective, Neighbour, RealId, effective, with_macs
 from xdplbd.core.model import Config, IPAddress, LiveState
+from xdplbd.core.neighbours import mac_conflicts
 from xdplbd.core.plan import PlanError, make_plan
 from xdplbd.kernel import attach, iface, libbpf, loader
 from xdplbd.kernel.dataplane import DataPlane
-from xdplbd.service import logsetup
+from xdplbd.service import lblink, logsetup
 from xdplbd.service.announcer import Announcer
 from xdplbd.service.configwatch import ConfigWatcher
 from xdplbd.service.health import HealthChecker
 from xdplbd.service.metrics import start_exporter
+from xdplbd.service.neighbours import REASON as NEIGHBOUR_REASON
+from xdplbd.service.neighbours import NeighbourMonitor
 from xdplbd.service.notify import Notifier
 from xdplbd.service.pinwatch import POLL_S, PinWatch
 from xdplbd.service.statefile import read_state, write_state
@@ -50,6 +54,10 @@ FINAL_DELAY_S = 0.005
 # The trigger of an apply asked for by health or neighbour changes (not a config).
 REAPPLY = ("world change",)
 SETTLE_DELAY_S = 0.5
+# At start, how long to wait for the kernel to resolve the reals without a mac
+# before the first apply (in a LAN: well under a millisecond each).
+NEIGHBOUR_START_WAIT_S = 1.5
+RELOAD_NEIGHBOUR_WAIT_S = 0.5
 DEBOUNCE_S = SETTLE_DELAY_S
 # Test-only fault injection: sleep after every map operation, so a test can
 # kill -9 the daemon in the middle of an apply.
@@ -118,8 +126,10 @@ def check_config_file(path: str) -> None:
     """Refuse a config that someone other than root (or us) could have written."""
     try:
         st = os.stat(path)
-    except OSError as e:
-        raise ConfigError(path, [FieldError("", f"cannot read: {e.strerror or e}")]) from e
+    except OSError:
+        return  # read_config_file names why (missing, a symlink loop, ...)
+    if not stat.S_ISREG(st.st_mode):
+        return  # read_config_file refuses it, naming what it is
     if st.st_mode & 0o002:
         raise ConfigError(path, [FieldError("", "is world-writable; run: chmod o-w " + path)])
     if st.st_uid not in (0, os.geteuid()):
@@ -161,6 +171,9 @@ class Daemon:
         self.health: Optional[HealthChecker] = None
         self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
         self.effective: Optional[Effective] = None  # as last applied
+        self.neighbours: Optional[NeighbourMonitor] = None
+        self.link: Optional[lblink.LinkOutcome] = None  # as last followed
+        self._link_event = False  # set from the neighbour thread
         self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
         self.announcer = Announcer(opts.state_dir)  # the VIP routes BIRD announces
         prev = read_state(opts.state_dir)
@@ -233,6 +246,7 @@ class Daemon:
             if repaired:
                 log.info("counters: %d ledger records brought in line with the backends "
                          "(a removal cut short, or pins from an older build)", repaired)
+            self._start_neighbours(cfg)
             self._apply(cfg, digest, "start")
             self._verify(cfg)
             self.mode = attach.ensure_attached(self.ifname, self.ifindex, self.program.fd,
@@ -245,7 +259,7 @@ class Daemon:
             self.notifier.status(f"failed: {e}")
             return EXIT_DATAPLANE
         self._write_state()
-        self.health.configure(cfg)
+        self._configure_health(cfg)
         self.health.start()
         self.notifier.ready(self._status())
         log.info("ready on %s (%s XDP): generation %d, %s", self.ifname, self.mode,
@@ -254,10 +268,69 @@ class Daemon:
         gc.freeze()
         return EXIT_OK
 
+    def _start_neighbours(self, cfg: Config) -> None:
+        """Follow the reals' MACs and the LB's link (service/neighbours.py); wait a
+        moment for the reals without a mac, so the first apply has them."""
+        assert self.dp is not None
+        mon = NeighbourMonitor(self.ifname, self.request_apply, self.request_link_check)
+        mon.seed({b.ip: b.mac for v in self.dp.read_live().vips for b in v.backends})
+        mon.set_wanted(cfg)
+        mon.start()
+        self.neighbours = mon
+        self.neigh_view = mon.view
+        if any(r.mac is None for v in cfg.vips for r in v.reals):
+            mon.wait_settled(NEIGHBOUR_START_WAIT_S)
+
+    def _resolve_new_reals(self, cfg: Config) -> None:
+        """Give reals new to the config without a mac a moment to resolve, so that this
+        reload adds them (else the neighbour event's apply does, a moment later)."""
+        if self.neighbours is None:
+            return
+        view = self.neigh_view()
+        if any(r.mac is None and r.ip not in view for v in cfg.vips for r in v.reals):
+            self.neighbours.set_wanted(cfg)
+            self.neighbours.wait_settled(RELOAD_NEIGHBOUR_WAIT_S)
+
+    def request_link_check(self) -> None:
+        """The LB's link changed (thread-safe): the main loop follows it."""
+        self._link_event = True
+        self._wake()
+
+    def _follow_link(self, trigger: str) -> List[str]:
+        """Compare the interface with what we knew; re-attach, take a new LB MAC.
+        Returns the lines logged (one per change)."""
+        assert self.program is not None and self.dp is not None
+        mode_rule = self.opts.xdp_mode or (self.cfg.xdp_mode if self.cfg else "auto")
+        was_gone = self.link is not None and self.link.gone
+        out = lblink.follow(self.ifname, self.ifindex, self.lb_mac, self.mode, was_gone,
+                            self.program.fd, self.program.info.id, mode_rule)
+        self.link = out
+        if not out.gone:
+            self.ifindex, self.mode = out.ifindex, out.mode or self.mode
+            if out.mac_changed:
+                self.lb_mac = out.mac
+                self.dp.set_settings(self.lb_mac, self.cfg.tunables.udp_timeout
+                                     if self.cfg else 30)
+        for line in out.lines:
+            (log.warning if out.gone or out.error else log.info)("%s", line)
+        if out.lines:
+            log.debug("link followed after %s", trigger)
+            self._announce()  # a node that cannot forward withdraws; one that can again returns
+            self._write_state()
+            self.notifier.status(self._status())
+        return out.lines
+
     # --- apply --------------------------------------------------------------
 
     def _effective(self, cfg: Config) -> Effective:
-        return effective(cfg, self.health_view(cfg), self.neigh_view())
+        neigh = self.neigh_view()
+        return effective(cfg, self.health_view(with_macs(cfg, neigh)), neigh)
+
+    def _configure_health(self, cfg: Config) -> None:
+        """Hand the checker the config with resolved MACs (returns at once; only checks
+        that changed restart, so calling it after every neighbour change is cheap)."""
+        if self.health is not None:
+            self.health.configure(with_macs(cfg, self.neigh_view()))
 
     def _log_fail_open(self, old: Optional[Effective], new: Effective) -> None:
         before = old.failing_open if old is not None else frozenset()
@@ -279,22 +352,28 @@ class Daemon:
         plan = make_plan(live, eff.config, count_moved=False)
         t2 = time.monotonic()
 
+        # A neighbour change logged its own line (service/neighbours.py).
+        level = logging.DEBUG if trigger == NEIGHBOUR_REASON else logging.INFO
+
         def on_op(op: object) -> None:
             note = getattr(op, "note", "")
             if note:
-                log.info("%s", note)
+                log.log(level, "%s", note)
             if self._apply_delay:
                 time.sleep(self._apply_delay)
 
         self.dp.apply(plan.ops, on_op)
         settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
         known = self.digest or self._prev_digest
-        if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY):
+        if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY
+                                and trigger != NEIGHBOUR_REASON):
             self.generation += 1  # counts configs applied, not health or MAC changes
         self._log_fail_open(self.effective, eff)
         self.cfg, self.digest, self.effective = cfg, digest, eff
         if self.health is not None:
             self.health.publish(eff)
+        if self.neighbours is not None:
+            self.neighbours.set_wanted(cfg)
         self.applied_at = now_iso()
         log.debug("%s: %d map operations (read %.1f ms, plan %.1f ms, apply %.1f ms)", trigger,
                   len(plan.ops), (t1 - t0) * 1000, (t2 - t1) * 1000,
@@ -343,6 +422,7 @@ class Daemon:
             log.debug("%s: read and validated in %.1f ms", trigger,
                       (time.monotonic() - t0) * 1000)
             self._check_restart_only(cfg)
+            self._resolve_new_reals(cfg)
             n = self._apply(cfg, digest, trigger)
         except ConfigError as e:
             self._log_rejected(e)
@@ -360,15 +440,19 @@ class Daemon:
             self.notifier.ready(f"config rejected, generation {self.generation} still live: {e}")
             return False
         ms = (time.monotonic() - t0) * 1000
-        if self.health is not None:
-            self.health.configure(cfg)  # returns at once; only changed checks restart
+        self._configure_health(cfg)
         self._verify(cfg)
+        # The attachment is live state too: never "no changes" while it is missing.
+        relinked = self._follow_link(trigger)
         self._announce()
         self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "ok",
                             "operations": n, "duration_ms": round(ms, 1)}
+        if relinked:
+            self.last_reload["link"] = "; ".join(relinked)
         self._write_state()
+        what = "applied" if n else ("link followed" if relinked else "no changes")
         log.info("reload (%s): %s, generation %d, %d map operations in %.0f ms", trigger,
-                 "applied" if n else "no changes", self.generation, n, ms)
+                 what, self.generation, n, ms)
         self.notifier.ready(self._status())
         return True
 
@@ -400,8 +484,11 @@ class Daemon:
         reasons, self._reapply = self._reapply, []
         if not reasons or self.cfg is None:
             return
+        only_neigh = all(r == NEIGHBOUR_REASON for r in reasons)
+        if NEIGHBOUR_REASON in reasons:
+            self._configure_health(self.cfg)  # a DSR probe follows its real's MAC
         try:
-            n = self._apply(self.cfg, self.digest, REAPPLY[0])
+            n = self._apply(self.cfg, self.digest, NEIGHBOUR_REASON if only_neigh else REAPPLY[0])
         except PlanError as e:
             log.error("apply after %s failed; the maps keep their state: %s",
                       ", ".join(sorted(set(reasons))), e)
@@ -444,7 +531,8 @@ class Daemon:
             n = len(eff.failing_open)
             if n:
                 text += f"; {n} VIP{'s' if n != 1 else ''} failing open (all reals down)"
-        return text
+        problem = lblink.problem(self.link, self.ifname)
+        return f"{problem}; {text}" if problem else text
 
     def _write_state(self) -> None:
         """state.toml, from the live state that the last apply read back (_verify)."""
@@ -500,7 +588,28 @@ class Daemon:
         announce = self.announcer.status()
         if announce:
             data["announce"] = announce
+        data.update(self._world_state())
         write_state(self.opts.state_dir, data)
+
+    def _world_state(self) -> Dict[str, Any]:
+        """state.toml's view of the link and the neighbour table, for `xdplb status`."""
+        out: Dict[str, Any] = {}
+        problem = lblink.problem(self.link, self.ifname)
+        if problem:
+            out["interface_problem"] = problem
+        eff = self.effective
+        if eff is not None:
+            out["unresolved"] = [
+                {"vip": str(key.addr), "port": key.port, "protocol": key.proto, "ip": str(ip),
+                 "mac": st.mac or "", "reason": st.reason}
+                for (key, ip), st in eff.reals.items() if st.mac_source == "unresolved"]
+        if self.cfg is not None:
+            out["mac_conflicts"] = [
+                {"ip": str(ip), "config_mac": cm, "neighbour_mac": nm}
+                for ip, (cm, nm) in mac_conflicts(self.cfg, self.neigh_view()).items()]
+        if self.neighbours is not None and self.neighbours.error:
+            out["neighbour_error"] = self.neighbours.error
+        return out
 
     # --- main loop -----------------------------------------------------------
 
@@ -541,6 +650,9 @@ class Daemon:
                 if self.pinwatch is not None and time.monotonic() - self._pins_polled > POLL_S:
                     self._pins_polled = time.monotonic()
                     self.pinwatch.poll()
+                if self._link_event:
+                    self._link_event = False
+                    self._follow_link("link event")
                 if self._reapply:
                     self._do_reapply()
                 if self.announcer.retry_due:
@@ -566,6 +678,8 @@ class Daemon:
     def close(self) -> None:
         if self.health is not None:
             self.health.stop()
+        if self.neighbours is not None:
+            self.neighbours.stop()
         if self.watcher is not None:
             self.watcher.stop()
         if self.dp is not None:
