@@ -259,7 +259,8 @@ class Daemon:
                 time.sleep(self._apply_delay)
 
         self.dp.apply(plan.ops, on_op)
-        settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
+        settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout,
+                                                 cfg.extra_macs)
         known = self.digest or self._prev_digest
         if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY):
             self.generation += 1  # counts configs applied, not health or MAC changes
