@@ -32,6 +32,11 @@ def program() -> Iterator[loader.Program]:
         raise
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
+        # No IPv6 on the veths: their router solicitations and MLD reports would
+        # reach the attached program and move the counters the tests compare.
+        subprocess.run(["ip", "netns", "exec", NETNS, "sysctl", "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True)
         subprocess.run(
             ["ip", "-n", NETNS, "link", "add", "xt0", "type", "veth", "peer", "name", "xt1"],
             check=True,
@@ -69,6 +74,17 @@ def dpx_fuzz(program: loader.Program) -> Iterator[DataPlaneHarness]:
     h = DataPlaneHarness(program, PIN_DIR)
     h.reset(LB_MAC)
     _configure(h)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def dpx_diff(program: loader.Program) -> Iterator[DataPlaneHarness]:
+    """Module-scoped, for hypothesis's differential examples (each syncs its model)."""
+    h = DataPlaneHarness(program, PIN_DIR)
+    h.reset(LB_MAC)
     try:
         yield h
     finally:

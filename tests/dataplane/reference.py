@@ -262,6 +262,8 @@ def parse(frame: bytes) -> tuple:
         return _ipv4(frame, off)
     if etype == ETH_P_IPV6:
         return _ipv6(frame, off)
+    if etype == 0:  # an 802.3 length of 0: no frame has that
+        return ("malformed",)
     return ("pass",)
 
 
