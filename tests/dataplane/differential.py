@@ -302,20 +302,26 @@ def counter_rows(dp: DataPlaneHarness, name: str) -> List[Tuple[int, int]]:
 CHECK_EVERY = int(os.environ.get("XDPLB_DIFF_CHECK_EVERY", "2000"))
 
 
+RING_CACHE: Dict[int, Tuple[int, ...]] = {}  # by inner map id
+
+
 class Session:
     """The model and the program, kept in step over a run of frames."""
 
-    def __init__(self, dp: DataPlaneHarness, seed: int, report: str = "") -> None:
+    def __init__(self, dp: DataPlaneHarness, seed: int, report: str = "",
+                 table: Optional[array] = None) -> None:
+        """`table`: the program's connection table as the last check found it
+        (saves reading it again)."""
         self.dp = dp
         self.seed = seed
         self.report = report or f"reproduce with XDPLB_DIFF_SEED={seed}"
         self.jiffies, self.shift = stable_clock()
-        self.ring_cache: Dict[Tuple[int, int], Tuple[int, ...]] = {}
         self.frames = 0
         self.last = b""
         self.tally: Dict[str, int] = {}  # verdicts since the last sync
         self.seen: Dict[str, int] = {}  # ... and before
         self.model: Optional[ref.Model] = None
+        self.table = table
         self.vips: List[Vip] = []
 
     # --- state ---------------------------------------------------------------
@@ -347,14 +353,9 @@ class Session:
                       t.ring_size, conntrack.buckets(t.conntrack_size), self.extra)
         for k, v in dp.maps["vips"].items():
             addr, port, proto, family = schema.VIP_KEY.unpack(k[: schema.VIP_KEY.size])
-            vip_id, _flags, digest = schema.VIP_INFO.unpack(v[: schema.VIP_INFO.size])
+            vip_id, _flags, _digest = schema.VIP_INFO.unpack(v[: schema.VIP_INFO.size])
             m.vips[(addr, int.from_bytes(port, "big"), proto, family)] = vip_id
-            ring = self.ring_cache.get((vip_id, digest))
-            if ring is None:
-                ring = dp.ring(vip_id)
-                assert ring is not None, f"VIP id {vip_id} has no ring"
-                self.ring_cache[(vip_id, digest)] = ring
-            m.rings[vip_id] = ring
+            m.rings[vip_id] = self.ring_of(vip_id)
         raw = dp.maps["backends"].lookup_array_raw()
         for i, rec in enumerate(schema.BACKEND.iter_unpack(raw)):
             mac, _family, flags, vip_id, _weight, _addr = rec
@@ -362,6 +363,8 @@ class Session:
                 m.backends[i] = ref.Backend(mac, vip_id, bool(flags & schema.BACKEND_ACTIVE))
         if keep_state and self.model is not None:
             m.conntrack = self.model.conntrack
+        elif self.table is not None:
+            m.conntrack, self.table = self.table, None
         else:
             m.conntrack = array("Q", dp.maps["conntrack"].lookup_array_raw())
         self.model = m
@@ -370,6 +373,19 @@ class Session:
         for k, v in self.tally.items():
             self.seen[k] = self.seen.get(k, 0) + v
         self.tally = {}
+
+    def ring_of(self, vip_id: int) -> Tuple[int, ...]:
+        """A VIP's ring, read once per inner map (a ring is never rewritten in
+        place: a change swaps in a new map, with a new id)."""
+        raw = self.dp.maps["rings"].lookup(schema.U32.pack(vip_id))
+        assert raw is not None, f"VIP id {vip_id} has no ring"
+        map_id = schema.U32.unpack(raw[:4])[0]
+        ring = RING_CACHE.get(map_id)
+        if ring is None:
+            ring = self.dp.ring(vip_id)
+            assert ring is not None
+            RING_CACHE[map_id] = ring
+        return ring
 
     def seed_bucket(self, c: Chooser, gen: FrameGen) -> None:
         """A flow history: fill one flow's bucket with entries of every kind
@@ -453,18 +469,20 @@ class Session:
     # --- a whole run ---------------------------------------------------------
 
     def run(self, c: Chooser, frames: int, check_every: int = CHECK_EVERY,
-            progress: Optional[Callable[[int], None]] = None) -> Dict[str, int]:
-        """`frames` frames over a series of configs and flow histories; returns
-        how many frames met each outcome (tx, pass, drop, and ct_hit within tx)."""
+            progress: Optional[Callable[[int], None]] = None,
+            vips: Optional[List[Vip]] = None) -> Dict[str, int]:
+        """`frames` frames over a series of configs and flow histories (or over
+        `vips` alone); returns how many frames met each outcome (tx, pass,
+        drop, and ct_hit within tx)."""
         self.settings(c.pick([0, 1, 5, 29, 0xFFFF]), EXTRA_MACS[: c.int(0, 2)])
-        self.configure(random_vips(c))
+        self.configure(random_vips(c) if vips is None else vips)
         gen = FrameGen(c, self.vips)
         since = 0
         for _ in range(frames):
             roll = c.int(0, 9999)
             if roll < 3:
                 self.settings(c.pick([0, 1, 5, 29, 0xFFFF]), EXTRA_MACS[: c.int(0, 2)])
-            elif roll < 10:
+            elif roll < 10 and vips is None:
                 self.configure(change_vips(c, self.vips))
                 gen.vips = list(self.vips)
                 since = 0
@@ -479,10 +497,23 @@ class Session:
                 if progress is not None:
                     progress(self.frames)
         self.check_state()
-        self.sync(keep_state=False)
         j, _shift = stable_clock()
         assert j >> self.shift == self.jiffies >> self.shift, "the tick moved during the run"
         return self.seen
+
+
+# One config with a bit of everything, for runs that do not change it: v4 and
+# v6, tcp and udp on one address, a draining real, a VIP without reals, and a
+# real serving two VIPs.
+FIXED_VIPS = [
+    vip("10.3.0.1", 80, "tcp", [real(ip, real_mac(ip), w) for ip, w in
+                                (("10.3.1.1", 1), ("10.3.1.2", 2), ("10.3.1.3", 0))]),
+    vip("10.3.0.1", 53, "udp", [real(ip, real_mac(ip), 1) for ip in ("10.3.1.1", "10.3.1.4")]),
+    vip("10.3.0.2", 443, "tcp", []),
+    vip("10.3.0.3", 8080, "udp", [real("10.3.1.5", real_mac("10.3.1.5"), 0)]),
+    vip("fd03::1", 80, "tcp", [real(ip, real_mac(ip), 1) for ip in ("fd03:1::1", "fd03:1::2")]),
+    vip("fd03::2", 53, "udp", [real("fd03:1::3", real_mac("fd03:1::3"), 1)]),
+]
 
 
 def seed_from_env(default: Optional[int] = None) -> int:
