@@ -146,7 +146,7 @@ class FrameGen:
                     proto = 23 - proto
         else:
             dst = c.pick(VIP4 + VIP6 + ["10.3.0.99", "fd03::99"])
-            dport, proto = c.pick(VIP_PORTS + [c.int(0, 65535)]), c.pick([6, 17])
+            dport, proto = c.pick([*VIP_PORTS, c.int(0, 65535)]), c.pick([6, 17])
         src = c.pick(CLIENT6 if ":" in dst else CLIENT4)
         f = Flow(src, dst, c.int(0, 65535), dport, proto)
         self.flows.append(f)
@@ -402,7 +402,7 @@ class Session:
         bucket = ((h >> 32) * self.model.n_buckets) >> 32
         tag = (h & ref.TAG_MASK) | 1
         now = (self.jiffies >> self.shift) & ref.TICK_MASK
-        ids = list(self.model.backends) + [0, 255, TEST_TUNABLES.max_reals + 3, 0xFFFF]
+        ids = [*list(self.model.backends), 0, 255, TEST_TUNABLES.max_reals + 3, 65535]
         t = self.udp_timeout_ticks
         ways = []
         for _ in range(ref.WAYS):

@@ -70,12 +70,12 @@ class DrawChooser(Chooser):
         return (head * (n // max(1, len(head)) + 1))[:n]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _integers(lo: int, hi: int) -> st.SearchStrategy[int]:
     return st.integers(lo, hi)  # built once: a strategy costs more to build than to draw
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _binary(n: int) -> st.SearchStrategy[bytes]:
     return st.binary(min_size=n, max_size=n)
 
