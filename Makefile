@@ -26,7 +26,7 @@ bench: setup
 # 10^7 frames (about 45 min on 2 vCPUs), outside CI. XDPLB_DIFF_SEED=N replays a run.
 FUZZ_FRAMES ?= 10000000
 fuzz: setup
-	XDPLB_DIFF_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest -s -p no:cacheprovider \
+	XDPLB_DIFF_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest -s -p no:cacheprovider --timeout=0 \
 	  tests/dataplane/test_differential.py -k seeded $(PYTEST_ARGS)
 
 demo: setup
