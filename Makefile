@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit lint bench demo demo-scaleout soak clean install uninstall
+.PHONY: setup test test-unit lint bench fuzz demo demo-scaleout soak clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,13 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The differential test of the data plane against its reference model, long:
+# 10^7 frames (about 45 min on 2 vCPUs), outside CI. XDPLB_DIFF_SEED=N replays a run.
+FUZZ_FRAMES ?= 10000000
+fuzz: setup
+	XDPLB_DIFF_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest -s -p no:cacheprovider --timeout=0 \
+	  tests/dataplane/test_differential.py -k seeded $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m xdplbd.lab.demo

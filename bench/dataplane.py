@@ -256,7 +256,11 @@ def run() -> Dict[str, object]:
     subprocess.run(["ip", "netns", "add", netns], check=True)
     dp = DataPlane(pin_dir, t)
     try:
-        reals = tuple(Real(ipaddress.ip_address(f"10.3.0.{10 + i}"), f"02:00:00:03:00:{i:02x}")
+        # Every real has the LB's MAC. test_run does not restore the frame
+        # between repeats, so each repeat sees the previous one's output; the
+        # data plane balances only frames to its own MAC, and a frame to the
+        # real's MAC would take the other_mac path from the second repeat on.
+        reals = tuple(Real(ipaddress.ip_address(f"10.3.0.{10 + i}"), LB_MAC)
                       for i in range(N_REALS))
         key = VipKey(ipaddress.ip_address(VIP), 80, "tcp")
         vips = (Vip(key, reals), Vip(VipKey(key.addr, 53, "udp"), reals))

@@ -64,7 +64,7 @@
 
 /* Counters. A forwarded packet counts on its real (backend_stats); a packet
  * that does not hit the connection table also counts on the path it took
- * (`paths`), and a drop for want of a real on its VIP (vip_stats). A hit, the
+ * (`path_stats`), and a drop for want of a real on its VIP (vip_stats). A hit, the
  * bulk of the traffic, so pays for one counter where counting VIP, real,
  * path and outcome cost four (3 ns a packet, measured). The tools derive
  * the rest, and sums of counters that only grow only grow:
@@ -82,8 +82,13 @@ enum pkt_path {
 	PKT_PASS,        /* not for a VIP: passed */
 	PKT_FRAGMENT,    /* a fragment: passed (see the fragment policy) */
 	PKT_MALFORMED,   /* truncated or bad headers: passed */
+	PKT_OTHER_MAC,   /* for a VIP, but not addressed to this LB's MACs: passed */
 	PKT_PATHS,
 };
+
+/* path_stats has room for paths to come: a map that grows needs a new pin. */
+#define PATH_SLOTS 16
+_Static_assert(PKT_PATHS <= PATH_SLOTS, "path_stats holds every path");
 
 /* forward()'s path for a conntrack hit, which counts on no path. */
 #define PKT_HIT PKT_PATHS
@@ -206,6 +211,22 @@ struct settings {
 	__u64 clock_offset_ns;
 };
 
+/* MACs besides the interface's that this LB answers to (a VRRP virtual MAC,
+ * say), from the config's "extra_macs". Written by the control plane
+ * (set_settings), read only for a frame to a VIP not addressed to lb_mac. */
+#define MAX_EXTRA_MACS 8
+
+struct mac_slot {
+	__u8 addr[ETH_ALEN];
+	__u16 pad;
+};
+
+struct extra_macs {
+	__u32 count;
+	__u32 pad;
+	struct mac_slot mac[MAX_EXTRA_MACS];
+};
+
 struct ring_value {
 	__u16 ids[RING_LANES];
 };
@@ -240,8 +261,10 @@ struct vip_ledger {
 BPF_TABLE_PINNED("array", u32, struct real_ledger, real_ledger, MAX_REALS,
 		 PIN_DIR "/real_ledger");
 BPF_TABLE_PINNED("array", u32, struct vip_ledger, vip_ledger, MAX_VIPS, PIN_DIR "/vip_ledger");
-BPF_TABLE_PINNED("percpu_array", u32, struct counter, paths, PKT_PATHS, PIN_DIR "/paths");
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, path_stats, PATH_SLOTS,
+		 PIN_DIR "/path_stats");
 BPF_TABLE_PINNED("array", u32, struct settings, lb_settings, 1, PIN_DIR "/lb_settings");
+BPF_TABLE_PINNED("array", u32, struct extra_macs, lb_macs, 1, PIN_DIR "/lb_macs");
 BPF_TABLE_PINNED("array", u32, struct vip_slot, vip_index, VIP_INDEX_SLOTS,
 		 PIN_DIR "/vip_index");
 
@@ -256,7 +279,7 @@ struct packet {
 static __always_inline void count(enum pkt_path p, __u64 bytes)
 {
 	u32 key = p;
-	struct counter *c = paths.lookup(&key);
+	struct counter *c = path_stats.lookup(&key);
 
 	if (c) {
 		c->packets++;
@@ -579,6 +602,42 @@ static __always_inline void set_mac(__u8 *dst, const __u8 *src)
 	*(__u16 *)(dst + 4) = *(const __u16 *)(src + 4);
 }
 
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b &&
+	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+/* Off the established path: is `dst` one of the config's extra MACs? */
+static __always_inline int extra_mac(const __u8 *dst)
+{
+	u32 zero = 0;
+	struct extra_macs *m = lb_macs.lookup(&zero);
+
+	if (!m)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < MAX_EXTRA_MACS; i++) {
+		if (i >= m->count)
+			break;
+		if (mac_equal(dst, m->mac[i].addr))
+			return 1;
+	}
+	return 0;
+}
+
+/* Is the frame addressed to this LB? A NIC in promiscuous mode, or a switch
+ * flooding an unknown unicast, shows a node frames meant for another; two
+ * nodes balancing one frame would send the real a duplicate. */
+static __always_inline int for_us(const struct packet *pkt, const struct settings *s)
+{
+	const struct ethhdr *eth = pkt->data;
+
+	if ((void *)(eth + 1) > pkt->data_end)
+		return 0;
+	return mac_equal(eth->h_dest, s->lb_mac) || extra_mac(eth->h_dest);
+}
+
 static __always_inline int forward(struct packet *pkt, const struct settings *s, __u32 id,
 				   const struct backend *b, enum pkt_path path)
 {
@@ -740,6 +799,8 @@ static __always_inline int route_icmp_error(struct packet *pkt)
 	s = get_settings();
 	if (!s)
 		return pass(pkt->len);
+	if (!for_us(pkt, s))
+		return pass_as(PKT_OTHER_MAC, pkt->len);
 	hash = flow_hash(&pkt->flow);
 	bucket = ct_bucket_of(hash);
 	if (!bucket)
@@ -774,6 +835,8 @@ static __always_inline int balance(struct packet *pkt, const __u8 proto)
 	s = get_settings(); /* one read for the UDP timeout and the LB's MAC */
 	if (!s)
 		return pass(pkt->len);
+	if (!for_us(pkt, s))
+		return pass_as(PKT_OTHER_MAC, pkt->len);
 	hash = flow_hash(&pkt->flow);
 	tag = ct_tag(hash);
 	now = ct_now(s);

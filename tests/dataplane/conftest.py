@@ -7,6 +7,7 @@ test_run skips a 4-30 ms RCU wait and 10,000-packet tests stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,29 +23,42 @@ PIN_DIR = f"/sys/fs/bpf/xdplb-test-{os.getpid()}"
 NETNS = f"xdplbt-{os.getpid()}"
 
 
-@pytest.fixture(scope="session")
-def program() -> Iterator[loader.Program]:
-    loader.remove_pins(PIN_DIR)
+@contextlib.contextmanager
+def attached_program(pin_dir: str, netns: str) -> Iterator[loader.Program]:
+    """Load (compile) the data plane into `pin_dir` and attach it to a veth in
+    `netns`; undone on exit."""
+    loader.remove_pins(pin_dir)
     try:  # a build that fails to compile still leaves the pin directory made
-        prog = loader.load(PIN_DIR, TEST_TUNABLES)
+        prog = loader.load(pin_dir, TEST_TUNABLES)
     except BaseException:
-        loader.remove_pins(PIN_DIR)
+        loader.remove_pins(pin_dir)
         raise
-    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
+        # No IPv6 on the veths: their router solicitations and MLD reports would
+        # reach the attached program and move the counters the tests compare.
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True)
         subprocess.run(
-            ["ip", "-n", NETNS, "link", "add", "xt0", "type", "veth", "peer", "name", "xt1"],
+            ["ip", "-n", netns, "link", "add", "xt0", "type", "veth", "peer", "name", "xt1"],
             check=True,
         )
-        subprocess.run(["ip", "-n", NETNS, "link", "set", "xt0", "up"], check=True)
-        subprocess.run(["ip", "-n", NETNS, "link", "set", "xt1", "up"], check=True)
-        with in_netns(NETNS):
+        subprocess.run(["ip", "-n", netns, "link", "set", "xt0", "up"], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "xt1", "up"], check=True)
+        with in_netns(netns):
             libbpf.xdp_attach(iface.ifindex("xt0"), prog.fd, "native")
         yield prog
     finally:
-        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+        subprocess.run(["ip", "netns", "del", netns], check=False)
         os.close(prog.fd)
-        loader.remove_pins(PIN_DIR)
+        loader.remove_pins(pin_dir)
+
+
+@pytest.fixture(scope="session")
+def program() -> Iterator[loader.Program]:
+    with attached_program(PIN_DIR, NETNS) as prog:
+        yield prog
 
 
 @pytest.fixture
@@ -69,6 +83,17 @@ def dpx_fuzz(program: loader.Program) -> Iterator[DataPlaneHarness]:
     h = DataPlaneHarness(program, PIN_DIR)
     h.reset(LB_MAC)
     _configure(h)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def dpx_diff(program: loader.Program) -> Iterator[DataPlaneHarness]:
+    """Module-scoped, for hypothesis's differential examples (each syncs its model)."""
+    h = DataPlaneHarness(program, PIN_DIR)
+    h.reset(LB_MAC)
     try:
         yield h
     finally:

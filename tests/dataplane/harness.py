@@ -38,7 +38,7 @@ class DataPlaneHarness(DataPlane):
     def reset(self, lb_mac: str) -> None:
         self.configure([])
         self.flush_conntrack()
-        for name in ("vip_stats", "backend_stats", "real_ledger", "vip_ledger", "paths"):
+        for name in ("vip_stats", "backend_stats", "real_ledger", "vip_ledger", "path_stats"):
             m = self.maps[name]
             for i in range(m.info.max_entries):
                 m.update(schema.U32.pack(i), bytes(m.read_size))

@@ -450,3 +450,51 @@ def test_sync_rebuilds_the_index_from_the_vips(dpx: DataPlaneHarness) -> None:
     dpx.sync_vip_index()
     assert {k: _meaning(_slot_state(dpx, k)) for k in keys} == want
     assert dpx.run(frame)[0] == "tx"
+
+
+# --- only frames addressed to this LB --------------------------------------------
+
+OTHER_LB_MAC = "02:00:00:00:ee:01"  # another LB node on the segment
+VRRP_MAC = "00:00:5e:00:01:01"
+
+
+@pytest.mark.parametrize("dst_mac", [OTHER_LB_MAC, "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"])
+def test_frame_to_a_vip_for_another_host_passes_untouched(lb: DataPlaneHarness,
+                                                          dst_mac: str) -> None:
+    # A promiscuous NIC or a flooding switch shows this node another node's
+    # frame: balancing it too would send the real a duplicate.
+    for frame in (bytes(Ether(src=CLIENT_MAC, dst=dst_mac) / IP(src=CLIENT4, dst=VIP4)
+                        / TCP(sport=40100, dport=80, flags="S")),
+                  bytes(Ether(src=CLIENT_MAC, dst=dst_mac) / IP(src="9.9.9.9", dst=VIP4)
+                        / ICMP(type=3, code=4) / IP(src=VIP4, dst=CLIENT4)
+                        / TCP(sport=80, dport=40100))):
+        before = lb.snapshot()
+        assert lb.run(frame) == ("pass", frame)
+        assert lb.delta(before) == {"pass": 1, "other_mac": 1}
+    assert lookup_flow(lb, ipaddress.ip_address(CLIENT4), K_TCP4.addr, 40100, 80, "tcp") is None
+
+
+def test_frame_to_an_extra_mac_is_balanced(lb: DataPlaneHarness) -> None:
+    frame = bytes(Ether(src=CLIENT_MAC, dst=VRRP_MAC) / IP(src=CLIENT4, dst=VIP4)
+                  / TCP(sport=40101, dport=80, flags="S"))
+    assert lb.run(frame) == ("pass", frame)
+    lb.set_settings(LB_MAC, TEST_TUNABLES.udp_timeout, ["00:00:5e:00:01:02", VRRP_MAC])
+    assert lb.extra_macs() == ["00:00:5e:00:01:02", VRRP_MAC]
+    before = lb.snapshot()
+    action, out = lb.run(frame)
+    assert action == "tx"
+    assert assert_forwarded(frame, out) == expected_real(lb, K_TCP4, CLIENT4, 40101)
+    assert lb.delta(before) == {"tx": 1, "ct_miss": 1, "ct_insert": 1}
+    # Dropped from the config: no longer this LB's.
+    lb.set_settings(LB_MAC, TEST_TUNABLES.udp_timeout, [])
+    before = lb.snapshot()
+    assert lb.run(frame) == ("pass", frame)
+    assert lb.delta(before) == {"pass": 1, "other_mac": 1}
+
+
+def test_non_vip_frame_to_another_mac_is_plain_pass(lb: DataPlaneHarness) -> None:
+    frame = bytes(Ether(src=CLIENT_MAC, dst=OTHER_LB_MAC) / IP(src=CLIENT4, dst="10.0.0.5")
+                  / TCP(sport=40102, dport=80, flags="S"))
+    before = lb.snapshot()
+    assert lb.run(frame) == ("pass", frame)
+    assert lb.delta(before) == {"pass": 1}

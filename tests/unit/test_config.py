@@ -189,7 +189,8 @@ CASES = [
     (
         _set(["wat"], 1),
         "wat",
-        'unknown key "wat" (allowed: interface, xdp_mode, vips, tunables, metrics, announce)',
+        'unknown key "wat" (allowed: interface, xdp_mode, extra_macs, vips, tunables, metrics, '
+        'announce)',
     ),
     (_set(["vips", 0, "prot"], "tcp"), "vips[0].prot", 'unknown key "prot"'),
     (_set(["interface"], "eth0:1"), "interface", '"eth0:1" is not a valid interface name'),
@@ -589,3 +590,23 @@ def test_memo_stays_bounded() -> None:
 def test_text_without_comments_is_left_as_is() -> None:
     text = json.dumps(base())
     assert strip_comments(text) is text
+
+
+def test_extra_macs() -> None:
+    doc = base()
+    assert parse_config(json.dumps(doc), SRC).extra_macs == ()
+    doc["extra_macs"] = ["00:00:5E:00:01:01", "00-00-5e-00-01-02"]
+    assert parse_config(json.dumps(doc), SRC).extra_macs == (
+        "00:00:5e:00:01:01", "00:00:5e:00:01:02")
+    for value, reason in [
+        ("00:00:5e:00:01:01",
+         'extra_macs: must be a list of MAC addresses, got string "00:00:5e:00:01:01"'),
+        (["00:00:5e:00:01:01", "00:00:5E:00:01:01"],
+         'extra_macs[1]: "00:00:5e:00:01:01" is listed twice'),
+        (["01:00:5e:00:00:01"], 'extra_macs[0]: "01:00:5e:00:00:01" is a multicast MAC address'),
+        (["zz"], 'extra_macs[0]: "zz" is not a MAC address'),
+        ([f"00:00:5e:00:01:{i:02x}" for i in range(9)],
+         "extra_macs: has 9 MAC addresses; at most 8"),
+    ]:
+        doc["extra_macs"] = value
+        assert errors(doc) == [f"{SRC}: {reason}"], value

@@ -38,7 +38,7 @@ def test_outcomes_are_sums_of_disjoint_paths() -> None:
     assert tuple(out) == schema.OUTCOMES
     assert out["ct_hit"] == (hits, 100 * hits)
     assert out["tx"] == (forwarded, 100 * forwarded)
-    assert out["pass"][0] == by["pass"] + by["fragment"] + by["malformed"]
+    assert out["pass"][0] == by["pass"] + by["fragment"] + by["malformed"] + by["other_mac"]
     assert out["drop"] == out["no_real"] == paths[schema.PATHS.index("no_real")]
     assert out["ct_miss"][0] == by["ct_new"] + by["no_real"]
     assert out["ct_insert"][0] == by["ct_new"]

@@ -41,7 +41,7 @@ from xdplbd.service.statefile import read_state
 OUTCOME_LABELS = {
     "tx": "tx", "pass": "pass", "drop": "drop", "no_real": "no real", "ct_hit": "ct hit",
     "ct_miss": "ct miss", "ct_insert": "ct insert", "icmp_routed": "icmp routed",
-    "fragment": "fragments", "malformed": "malformed",
+    "fragment": "fragments", "malformed": "malformed", "other_mac": "other MAC",
 }
 SCAN_BUDGET = 0.10  # the share of one CPU the conntrack walk may take
 

@@ -41,7 +41,9 @@ MAX_WEIGHT = 1000
 MAX_UDP_TIMEOUT = 64800  # 18 h: conntrack entries keep time in 16 bits of ~1.07 s ticks
 RING_SLOTS_PER_REAL = 100  # Maglev paper: M >= 100 x N keeps shares within ~1%
 
-_TOP_KEYS = ("interface", "xdp_mode", "vips", "tunables", "metrics", "announce")
+_TOP_KEYS = ("interface", "xdp_mode", "extra_macs", "vips", "tunables", "metrics",
+             "announce")
+MAX_EXTRA_MACS = 8  # the data plane's lb_macs record holds this many (xdplbd/core/schema.py)
 _ANNOUNCE_KEYS = ("bird",)
 _BIRD_KEYS = ("file", "socket")
 _VIP_KEYS = ("vip", "port", "protocol", "reals", "healthcheck")
@@ -578,6 +580,7 @@ class _Validator:
         tunables, tun_ok = self.tunables(top.get("tunables"), "tunables" in top)
         metrics = self.metrics(top["metrics"]) if "metrics" in top else Metrics()
         bird = self.announce(top["announce"]) if "announce" in top else None
+        extra_macs = self.extra_macs(top["extra_macs"]) if "extra_macs" in top else ()
         if "vips" not in top:
             self.err("vips", "is required")
             return None
@@ -591,7 +594,27 @@ class _Validator:
             tunables=tunables,
             metrics=metrics,
             bird=bird,
+            extra_macs=extra_macs,
         )
+
+    def extra_macs(self, value: Any) -> Tuple[str, ...]:
+        """MACs besides the interface's that the data plane balances frames to."""
+        if not isinstance(value, list):
+            self.err("extra_macs", f"must be a list of MAC addresses, got {_describe(value)}")
+            return ()
+        if len(value) > MAX_EXTRA_MACS:
+            self.err("extra_macs", f"has {len(value)} MAC addresses; at most {MAX_EXTRA_MACS}")
+            return ()
+        macs: List[str] = []
+        for i, item in enumerate(value):
+            mac = self.mac(item, f"extra_macs[{i}]")
+            if mac is None:
+                continue
+            if mac in macs:
+                self.err(f"extra_macs[{i}]", f'"{mac}" is listed twice')
+                continue
+            macs.append(mac)
+        return tuple(macs)
 
     def tunables(self, value: Any, given: bool) -> Tuple[Tunables, Dict[str, bool]]:
         """The tunables, and which of them are valid (cross-checks skip the rest)."""

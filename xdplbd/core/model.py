@@ -133,6 +133,9 @@ class Config:
     tunables: Tunables = field(default_factory=Tunables)
     metrics: Metrics = field(default_factory=Metrics)
     bird: Optional[BirdAnnounce] = None  # announce.bird; None = no route announcement
+    # MACs besides the interface's that frames to a VIP may be addressed to
+    # (a VRRP virtual MAC); frames to any other MAC pass (docs/dataplane.md).
+    extra_macs: Tuple[str, ...] = ()
 
 
 # -- Live state: what the pinned maps hold, as read back by the shell --------

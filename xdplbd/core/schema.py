@@ -42,11 +42,15 @@ _PORT_HOST = struct.Struct(_NATIVE + "H")
 
 # Path counter indices: enum pkt_path in bpf/xdplb.c. Each packet counts on one,
 # but a conntrack hit counts on none: "ct_hit" is derived (outcomes_from_paths).
-PATHS = ("ct_new", "no_real", "icmp_routed", "pass", "fragment", "malformed")
+PATHS = ("ct_new", "no_real", "icmp_routed", "pass", "fragment", "malformed", "other_mac")
+PATH_SLOTS = 16  # path_stats has room for paths to come (a map that grows needs a new pin)
+# Extra MACs the data plane balances frames to, besides the interface's (lb_macs).
+MAX_EXTRA_MACS = 8
+EXTRA_MACS = struct.Struct("<I4x" + "6s2x" * MAX_EXTRA_MACS)  # count, then 8-byte slots
 # The outcomes operators read, each the sum of the paths that end that way.
 OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
     "tx": ("ct_hit", "ct_new", "icmp_routed"),
-    "pass": ("pass", "fragment", "malformed"),
+    "pass": ("pass", "fragment", "malformed", "other_mac"),
     "drop": ("no_real",),
     "no_real": ("no_real",),
     "ct_hit": ("ct_hit",),
@@ -55,13 +59,16 @@ OUTCOME_PATHS: Dict[str, Tuple[str, ...]] = {
     "icmp_routed": ("icmp_routed",),
     "fragment": ("fragment",),
     "malformed": ("malformed",),
+    "other_mac": ("other_mac",),
 }
 OUTCOMES = tuple(OUTCOME_PATHS)
 # Pins that older builds made and this one no longer uses; removed once the
 # new program is attached ("outcomes" became "paths", "settings" grew the
-# clock as "lb_settings", which made "tick_cache" useless, and "backend_base"
-# became "real_ledger").
-RETIRED_PINS = ("outcomes", "settings", "tick_cache", "backend_base")
+# clock as "lb_settings", which made "tick_cache" useless, "backend_base"
+# became "real_ledger", and "paths" became "path_stats" with room to grow:
+# the daemon adds the old counts to the new before it unpins the old,
+# kernel/loader.py remove_stale_pins).
+RETIRED_PINS = ("outcomes", "settings", "tick_cache", "backend_base", "paths")
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
 
@@ -90,8 +97,9 @@ def map_specs(t: Tunables) -> List[MapSpec]:
         MapSpec("backend_stats", "percpu_array", 4, COUNTER.size, t.max_reals),
         MapSpec("real_ledger", "array", 4, ledger.REAL_LEDGER.size, t.max_reals),
         MapSpec("vip_ledger", "array", 4, ledger.VIP_LEDGER.size, t.max_vips),
-        MapSpec("paths", "percpu_array", 4, COUNTER.size, len(PATHS)),
+        MapSpec("path_stats", "percpu_array", 4, COUNTER.size, PATH_SLOTS),
         MapSpec("lb_settings", "array", 4, SETTINGS.size, 1),
+        MapSpec("lb_macs", "array", 4, EXTRA_MACS.size, 1),
         MapSpec("vip_index", "array", 4, VIP_SLOT.size, vip_index_slots(t)),
     ]
 
@@ -126,6 +134,14 @@ def mac_bytes(mac: str) -> bytes:
 
 def mac_str(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw[:6])
+
+
+def pack_extra_macs(macs: Sequence[str]) -> bytes:
+    """The lb_macs record: how many, then each MAC in an 8-byte slot."""
+    if len(macs) > MAX_EXTRA_MACS:
+        raise ValueError(f"at most {MAX_EXTRA_MACS} extra MACs")
+    slots = [mac_bytes(m) for m in macs] + [bytes(6)] * (MAX_EXTRA_MACS - len(macs))
+    return EXTRA_MACS.pack(len(macs), *slots)
 
 
 # --- records -----------------------------------------------------------------

@@ -229,7 +229,7 @@ class DataPlane:
             reals = ledger.entries_in_use(self.maps["real_ledger"].lookup_array_raw())
             tx, stats = self._slot_sums("backend_stats", reals)  # before the paths: bpf/xdplb.c
             drops = self._sum_all("vip_stats")
-            paths = self._sum_all("paths")
+            paths = self._sum_all("path_stats")[: len(schema.PATHS)]
             vips = self._vip_ledger()
             if [e.generation for e in vips] == gens:
                 break
@@ -271,22 +271,34 @@ class DataPlane:
 
     # --- writing -------------------------------------------------------------
 
-    def set_settings(self, lb_mac: str, udp_timeout_s: int) -> bool:
-        """Write the settings record if it differs; returns True if written.
+    def set_settings(self, lb_mac: str, udp_timeout_s: int,
+                     extra_macs: Sequence[str] = ()) -> bool:
+        """Write the settings record and the extra MACs if they differ; returns
+        True if either was written.
 
         It carries the conntrack clock (kernel/jiffies.py), measured once per process:
         the data plane's clock stays put across restarts."""
+        macs = self._set_record("lb_macs", schema.pack_extra_macs(extra_macs))
         clk = jiffies.local()
         timeout_ns = udp_timeout_s * 1_000_000_000
         want = schema.SETTINGS.pack(schema.mac_bytes(lb_mac), clk.tick_shift,
                                     clk.timeout_ticks(timeout_ns), timeout_ns,
                                     clk.jiffy_ns, clk.offset_ns)
-        m = self.maps["lb_settings"]
+        return self._set_record("lb_settings", want) or macs
+
+    def _set_record(self, map_name: str, want: bytes) -> bool:
+        """Write a one-record map unless it already holds `want`."""
+        m = self.maps[map_name]
         if (m.lookup(schema.U32.pack(0)) or b"")[: len(want)] == want:
             return False
         m.update(schema.U32.pack(0), want)
         self.writes += 1
         return True
+
+    def extra_macs(self) -> List[str]:
+        raw = self.maps["lb_macs"].lookup(schema.U32.pack(0)) or bytes(schema.EXTRA_MACS.size)
+        count, *slots = schema.EXTRA_MACS.unpack(raw[: schema.EXTRA_MACS.size])
+        return [schema.mac_str(m) for m in slots[: min(count, schema.MAX_EXTRA_MACS)]]
 
     def _leave(self, backend_id: int, vip: Optional[VipKey]) -> None:
         """A real has left its slot: its count goes to its VIP (ledger.py), in

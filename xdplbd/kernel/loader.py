@@ -10,12 +10,13 @@ import contextlib
 import hashlib
 import logging
 import os
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from xdplbd.core.model import Tunables
-from xdplbd.core.schema import RETIRED_PINS, MapSpec, map_specs
+from xdplbd.core.schema import RETIRED_PINS, U32, MapSpec, map_specs
 from xdplbd.kernel import libbpf
 
 log = logging.getLogger("xdplbd")
@@ -212,6 +213,26 @@ def remove_stale_pins(pin_dir: str, keep: str) -> None:
     for name in pinned_programs(pin_dir):
         if name != os.path.basename(keep):
             os.unlink(os.path.join(pin_dir, name))
+    _carry_paths(pin_dir)
     for name in RETIRED_PINS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_dir, name))
+
+
+def _carry_paths(pin_dir: str) -> None:
+    """Add a retired `paths` pin's counts into `path_stats`, which replaced it.
+
+    Called once the new program is attached, so the old one has stopped
+    counting: the totals go on (tx minus the other paths stays the hits), and
+    only a packet counted on a CPU between this read and write is lost."""
+    old_path, new_path = os.path.join(pin_dir, "paths"), os.path.join(pin_dir, "path_stats")
+    if not (os.path.exists(old_path) and os.path.exists(new_path)):
+        return
+    with libbpf.Map.open_pinned(old_path) as old, libbpf.Map.open_pinned(new_path) as new:
+        for i in range(min(old.info.max_entries, new.info.max_entries)):
+            key = U32.pack(i)
+            a, b = old.lookup(key), new.lookup(key)
+            if not a or not b or not any(a):
+                continue
+            old_words, new_words = array("Q", a), array("Q", b)  # per CPU: packets, bytes
+            new.update(key, array("Q", (x + y for x, y in zip(old_words, new_words))).tobytes())

@@ -309,8 +309,9 @@ class Daemon:
             self.ifindex, self.mode = out.ifindex, out.mode or self.mode
             if out.mac_changed:
                 self.lb_mac = out.mac
-                self.dp.set_settings(self.lb_mac, self.cfg.tunables.udp_timeout
-                                     if self.cfg else 30)
+                cfg = self.cfg
+                self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout if cfg else 30,
+                                     cfg.extra_macs if cfg else ())
         for line in out.lines:
             (log.warning if out.gone or out.error else log.info)("%s", line)
         if out.lines:
@@ -363,7 +364,8 @@ class Daemon:
                 time.sleep(self._apply_delay)
 
         self.dp.apply(plan.ops, on_op)
-        settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout)
+        settings_changed = self.dp.set_settings(self.lb_mac, cfg.tunables.udp_timeout,
+                                                 cfg.extra_macs)
         known = self.digest or self._prev_digest
         if digest != known or ((plan.ops or settings_changed) and trigger not in REAPPLY
                                 and trigger != NEIGHBOUR_REASON):
