@@ -19,7 +19,7 @@
 #  - python3-bpfcc, libbpf1: what xdplbd uses for BPF (bcc compile, libbpf ctypes);
 #  - the daemon's Python deps, all in bookworm as Debian packages:
 #    python3-watchdog 2.2.1, python3-tomli-w 1.0.0, python3-sdnotify 0.3.1,
-#    python3-rich 13.3.1, python3-prometheus-client 0.16.0;
+#    python3-rich 13.3.1, python3-prometheus-client 0.16.0, python3-pyroute2 0.7.2;
 #  - python3-pip, python3-venv: to install an xdplbd wheel built on the host
 #    (`pip install --no-deps --break-system-packages`, or a venv with
 #    --system-site-packages, as an operator would);
@@ -35,6 +35,7 @@ PACKAGES=(
   systemd systemd-sysv dbus procps
   python3 python3-bpfcc libbpf1
   python3-watchdog python3-tomli-w python3-sdnotify python3-rich python3-prometheus-client
+  python3-pyroute2
   python3-pip python3-venv
   iproute2 ethtool bpftool
   make man-db

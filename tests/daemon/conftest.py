@@ -47,6 +47,9 @@ def real(n: int, weight: int = 1) -> Dict[str, Any]:
     return {"ip": f"10.50.0.{10 + n}", "mac": f"02:00:00:50:00:{n:02x}", "weight": weight}
 
 
+LB_MAC = "02:00:00:00:00:01"  # the LB interface's MAC in every test namespace
+
+
 class Netns:
     def __init__(self) -> None:
         self.name = f"xdd-{uuid.uuid4().hex[:8]}"
@@ -56,6 +59,8 @@ class Netns:
                         "net.ipv6.conf.all.disable_ipv6=1",
                         "net.ipv6.conf.default.disable_ipv6=1"], check=True)
         self.ip("link", "add", LB_IF, "type", "veth", "peer", "name", PEER_IF)
+        # A known MAC: the data plane balances only frames addressed to it.
+        self.ip("link", "set", LB_IF, "address", LB_MAC)
         self.ip("link", "set", LB_IF, "up")
         self.ip("link", "set", PEER_IF, "up")
 

@@ -17,6 +17,7 @@ from scapy.layers.l2 import Ether
 
 from tests.daemon.conftest import (
     LB_IF,
+    LB_MAC,
     PEER_IF,
     Daemon,
     Netns,
@@ -225,7 +226,7 @@ def test_sigterm_exits_and_leaves_the_data_plane_forwarding(daemon: Daemon) -> N
 
 
 def _syn_frames(n: int) -> List[bytes]:
-    return [bytes(Ether(src="02:00:00:00:00:99", dst="02:00:00:00:00:01")
+    return [bytes(Ether(src="02:00:00:00:00:99", dst=LB_MAC)
                   / IP(src="172.16.0.1", dst="10.50.0.100") / TCP(sport=20000 + i, dport=80,
                                                                    flags="S"))
             for i in range(n)]

@@ -86,8 +86,9 @@ class LabDaemon:
 
     def config_doc(self, metrics: Optional[str] = METRICS_LISTEN) -> Dict[str, Any]:
         doc = self.lab.config()
-        reals = [{"ip": self.lab.real_ip4(r), "mac": self.macs[r], "weight": 1}
-                 for r in self.lab.real_names]
+        # No mac, as in the lab's own VIPs (a real's mac is given everywhere or nowhere):
+        # the daemon resolves the same MACs from the neighbour table.
+        reals = [{"ip": self.lab.real_ip4(r), "weight": 1} for r in self.lab.real_names]
         doc["vips"] += [
             {"vip": TEST_VIP, "port": TEST_TCP_PORT, "protocol": "tcp", "reals": reals},
             {"vip": TEST_VIP, "port": TEST_UDP_PORT, "protocol": "udp", "reals": reals},

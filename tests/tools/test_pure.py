@@ -78,8 +78,8 @@ def test_render_rates_from_two_snapshots() -> None:
     assert "eth0: native XDP (program 42)" in out
     assert "generation 5 (config abcdef012345)" in out and "xdplbd pid 1234" in out
     cols = row(out, "VIP / real")
-    assert cols == ["VIP / real", "weight", "state", "pkt/s", "bit/s", "flows", "packets",
-                    "bytes"]
+    assert cols == ["VIP / real", "weight", "state", "health", "pkt/s", "bit/s", "flows",
+                    "packets", "bytes"]
     v = dict(zip(cols, row(out, "10.0.0.100:80/tcp")))
     assert (v["pkt/s"], v["bit/s"], v["flows"], v["packets"], v["bytes"]) == (
         "100", "80kb", "3", "300", "30kB")  # 200 pkts of 100 B in 2 s
@@ -97,14 +97,17 @@ def test_render_rates_from_two_snapshots() -> None:
 def test_render_first_frame_counter_reset_and_no_daemon() -> None:
     meta = Meta(pin_dir="/p", interface="eth0")
     first = text_of(render(snap(1.0, 10, (5, 5)), None, meta))
-    assert row(first, "10.0.0.100:80/tcp")[3] == "-"  # no rate before a second reading
+    cols = row(first, "VIP / real")
+    vip = dict(zip(cols, row(first, "10.0.0.100:80/tcp")))
+    assert vip["pkt/s"] == "-"  # no rate before a second reading
     assert "not attached to eth0" in first and "xdplbd not running" in first
     assert "generation ?" in first
     # A counter that went back (a real removed, its slot reused) never shows < 0.
     reset = text_of(render(snap(2.0, 10, (1, 5)), snap(1.0, 10, (5, 5)), meta))
-    assert row(reset, "├ 10.0.0.11")[3] == "0"
+    assert dict(zip(cols, row(reset, "├ 10.0.0.11")))["pkt/s"] == "0"
     nof = text_of(render(snap(2.0, 10, (1, 5), flows=None), None, meta))
-    assert row(nof, "10.0.0.100:80/tcp")[5] == "-" and "conntrack" not in nof
+    assert dict(zip(cols, row(nof, "10.0.0.100:80/tcp")))["flows"] == "-"
+    assert "conntrack" not in nof
 
 
 def test_render_debug_log_panel() -> None:
@@ -238,14 +241,18 @@ def test_status_without_pins_falls_back_to_state_then_config(tmp_path: Path) -> 
              "vips": [summary]}
     write_state(str(tmp_path), state)
     no_pins = str(tmp_path / "no-pins")
-    want = [{"vip": "10.0.0.100", "port": 80, "protocol": "tcp", "vip_id": 4, "reals": [
-        {"ip": "10.0.0.11", "mac": "02:00:00:00:00:11", "weight": 0, "state": "draining",
-         "backend_id": None}]}]
+    # Schema 1 grows by keys: health (issue 13), announcement and ring digest (issue 15).
+    unchecked = {"health": "unchecked", "reason": None, "health_since": None,
+                 "last_check": None}
+    want = [{"vip": "10.0.0.100", "port": 80, "protocol": "tcp", "vip_id": 4,
+             "ring_digest": "00000000000000ff", "failing_open": False, "announce": None,
+             "reals": [{"ip": "10.0.0.11", "mac": "02:00:00:00:00:11", "weight": 0,
+                        "state": "draining", "backend_id": None, **unchecked}]}]
     assert status_data(no_pins, str(tmp_path))["vips"] == want
     listed = {"ip": "10.0.0.11", "mac": "02:00:00:00:00:11", "weight": 0, "state": "draining",
               "backend_id": 9}
     write_state(str(tmp_path), {**state, "vips": [{**summary, "reals": [listed]}]})
-    assert status_data(no_pins, str(tmp_path))["vips"][0]["reals"] == [listed]
+    assert status_data(no_pins, str(tmp_path))["vips"][0]["reals"] == [{**listed, **unchecked}]
     conf.write_text(conf.read_text() + " ")  # edited since: no longer what was applied
     write_state(str(tmp_path), state)
     assert status_data(no_pins, str(tmp_path))["vips"][0]["reals"] == []
