@@ -16,7 +16,7 @@ from xdplbd.core.model import VipKey
 from xdplbd.core.plan import PutBackend
 from xdplbd.kernel.snapshot import open_pinned
 from xdplbd.lab import chaos
-from xdplbd.lab.soak import Soak
+from xdplbd.lab.soak import Soak, summary_text
 from xdplbd.lab.topology import Lab, LabSpec
 from xdplbd.service.statefile import read_state
 
@@ -39,6 +39,7 @@ def soak(request: pytest.FixtureRequest) -> Iterator[Soak]:
 def test_short_soak(soak: Soak) -> None:
     t = soak.run(SECONDS)
     log = soak.log.getvalue()  # type: ignore[attr-defined]
+    print("\n" + summary_text(t, SECONDS))
     assert t.inconsistencies == [], log
     assert t.failed_by_cause.get("unexpected", 0) == 0, log
     assert t.steps >= 8 and t.requests > 10 * t.steps, log

@@ -1,26 +1,25 @@
 """Three LB nodes on BGP + ECMP + BFD: spread, a node dies, it joins, maintenance, and
 one node's own view of the reals (issue 15's acceptance).
 
-One lab for the module; each test leaves all three nodes up, announcing, with no
-maintenance, whatever it did.
+Every VIP of the lab is health-checked (the default DSR-aware TCP check,
+xdplbd.lab.scaleout.HEALTHCHECK). One lab for the module; each test leaves all three
+nodes up, announcing, with no maintenance, whatever it did.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from typing import Dict, Iterator, List, Set
+from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 
 from tests.scaleout.conftest import lab_fixture, prefix, record
-from tests.scaleout.health_view_daemon import HEALTH_FILE_ENV
-from xdplbd.lab.demo import LbDaemon, Wrk, WrkResult, wait_for
+from xdplbd.core.announce import LAST_RESORT_MED
+from xdplbd.lab.demo import Wrk, WrkResult, wait_for
 from xdplbd.lab.longconn import Report
 from xdplbd.lab.scaleout import VIP4, VIP6, LongConns, ScaleLab, ScaleSpec, url_of
-from xdplbd.lab.topology import nsenter_cmd
+from xdplbd.service.health import read_health
 
 NODES = ["lb1", "lb2", "lb3"]
 
@@ -182,65 +181,121 @@ def test_maintenance_drains_the_node_without_failures(lab: ScaleLab) -> None:
     assert after[node] - before[node] > 0 and r.failed == 0
 
 
-class HealthFileLbDaemon(LbDaemon):
-    """xdplbd through tests/scaleout/health_view_daemon.py (see its TODO)."""
+def _status(lab: ScaleLab, node: str) -> Dict[str, Any]:
+    st: Dict[str, Any] = json.loads(lab.daemons[node].cli("status", "--json").stdout)
+    return st
 
-    def __init__(self, base: LbDaemon, health_file: str) -> None:
-        super().__init__(base.lab, base.pin_dir, xdp_mode=base.xdp_mode, workdir=base.workdir)
-        self.health_file = health_file
 
-    def argv(self) -> List[str]:
-        # Named xdplbd (a symlink), so `xdplb status` and `maintenance` know it for one.
-        script = os.path.join(self.workdir, "bin", "xdplbd")
-        if not os.path.exists(script):
-            os.makedirs(os.path.dirname(script), exist_ok=True)
-            os.symlink(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                    "health_view_daemon.py"), script)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        argv = ["env", f"{HEALTH_FILE_ENV}={self.health_file}", f"PYTHONPATH={root}",
-                sys.executable, script, "-c", self.config_path, "--pin-dir", self.pin_dir,
-                "--state-dir", self.state_dir]
-        return nsenter_cmd(self.lab.ns_lb, argv)
+def _vip_status(st: Dict[str, Any], vip: str) -> Dict[str, Any]:
+    found: Dict[str, Any] = next(v for v in st["vips"] if v["vip"] == vip)
+    return found
+
+
+def _seen_down(lab: ScaleLab, node: str, vip: str) -> bool:
+    """*node*'s status: every real of *vip* health-down, the VIP failing open and
+    announced as a last resort only."""
+    v = _vip_status(_status(lab, node), vip)
+    return (all(r["health"] == "down" for r in v["reals"]) and v["failing_open"] is True
+            and (v["announce"] or {}).get("state") == "last-resort")
+
+
+def _seen_up(lab: ScaleLab, node: str, vip: str) -> bool:
+    v = _vip_status(_status(lab, node), vip)
+    return (all(r["health"] == "up" and r["state"] == "active" for r in v["reals"])
+            and v["failing_open"] is False and (v["announce"] or {}).get("state") == "announced")
+
+
+def transitions(lab: ScaleLab, node: str, vip: str) -> List[float]:
+    """Wall times of the last health transition of each real of *vip* on *node*, from
+    the checker's own record (health.json in the node's state dir)."""
+    doc = read_health(lab.daemons[node].state_dir)
+    keys = [r["check"] for r in doc.get("reals", []) if r["vip"] == vip and "check" in r]
+    return [float(doc["checks"][k]["since"]) for k in keys]
+
+
+def vip_packets(lab: ScaleLab, vip: str) -> Dict[str, int]:
+    """Each running node's packets for *vip* (its reals' counts; `xdplb stats --json`)."""
+    out = {}
+    for name in NODES:
+        lb = lab.daemons[name]
+        if lb.running():
+            out[name] = sum(int(v["packets"]) for v in lb.stats()["vips"] if v["vip"] == vip)
+    return out
 
 
 def test_one_nodes_own_view_withdraws_only_there(lab: ScaleLab) -> None:
-    """Only lb2 sees every real of VIP4 down: lb2 keeps VIP4 only as a last resort (MED),
-    the router leaves it out of the ECMP route, lb1 and lb3 serve; VIP6 is untouched.
-
-    TODO(lead): the verdict comes from a test file through the daemon's health seam
-    until issue 13's checks merge (tests/scaleout/health_view_daemon.py)."""
+    """Only lb2 sees every real of VIP4 down, for a real reason: every real drops the
+    SYN-ACKs of lb2's DSR health probes (a blackhole route to lb2's own address), while
+    client traffic and the other nodes' probes are answered as before. lb2's checks
+    take the reals down, VIP4 fails open there and lb2 announces it only as a last
+    resort (MED); the router leaves lb2 out of VIP4's ECMP route, lb1 and lb3 serve;
+    VIP6 (probed over IPv6) is untouched. Lift the condition: lb2 rejoins."""
     node = "lb2"
-    health = os.path.join(lab.node(node).dir, "health.json")
-    with open(health, "w") as f:
-        json.dump({"down": []}, f)
-    base = lab.daemons[node]
-    base.stop()  # fail-static: forwarding and the announcement stay meanwhile
-    lab.daemons[node] = HealthFileLbDaemon(base, health)
+    others = [n for n in NODES if n != node]
+    hc = lab.xdplb_config(lab.node(node))["vips"][0]["healthcheck"]
+    for n in NODES:  # every node checks every real and sees them up
+        wait_for(lambda n=n: _seen_up(lab, n, VIP4) and _seen_up(lab, n, VIP6), 10,
+                 f"{n} to see every real up")
+    t0, cut_at = time.monotonic(), time.time()
+    lab.cut_probes(node)
     try:
-        lab.daemons[node].start()
-        with open(health + ".tmp", "w") as f:
-            json.dump({"down": [f"{VIP4}:80/tcp"]}, f)
-        os.replace(health + ".tmp", health)
-        wait_for(lambda: hops(lab) == {"lb1", "lb3"}, 10, f"the router to leave {node} out")
-        st = json.loads(lab.daemons[node].cli("status", "--json").stdout)
+        wait_for(lambda: _seen_down(lab, node, VIP4), 10,
+                 f"{node} to see every real of {VIP4} down")
+        seen_s = time.monotonic() - t0
+        went_down = transitions(lab, node, VIP4)
+        down_s = max(went_down) - cut_at
+        wait_for(lambda: hops(lab) == set(others), 10, f"the router to leave {node} out")
+        out_s = time.monotonic() - t0
+        st = _status(lab, node)
+        v4, v6 = _vip_status(st, VIP4), _vip_status(st, VIP6)
         routes = {r["prefix"]: r["last_resort"] for r in st["announce"]["routes"]}
+        reasons = sorted({str((r.get("last_check") or {}).get("result")) for r in v4["reals"]})
+        node_route = lab.birdc(node, "show", "route", "for", VIP4, "all")
         rtr = lab.birdc("rtr", "show", "route", "for", VIP4, "all")
-        before = lab.tx_packets()
+        before = vip_packets(lab, VIP4)
         r = Wrk(lab, url_of(VIP4), connections=8, new_connections=True, duration=2).run()
-        after = lab.tx_packets()
+        after = vip_packets(lab, VIP4)
         tx = {k: after[k] - before[k] for k in NODES}
-        record("one node's view", router_hops=sorted(hops(lab)), node_routes=routes,
-               wrk_requests=r.requests, wrk_failed=r.failed, tx_during=tx)
+        viewed_by_others = {n: _seen_up(lab, n, VIP4) for n in others}
+        record("one node's view", check=f"tcp dsr every {hc['interval']} s fall {hc['fall']}",
+               reals_down_after_s=round(down_s, 2), status_says_so_s=round(seen_s, 2),
+               router_left_out_s=round(out_s, 2),
+               router_hops=sorted(hops(lab)), node_routes=routes, last_check=reasons,
+               wrk_requests=r.requests, wrk_failed=r.failed, vip4_packets_during=tx)
+        # The node's own view: every real of VIP4 down, failing open, last resort;
+        # VIP6 (probed from its IPv6 address, which the reals still answer) up.
+        assert all(x["health"] == "down" for x in v4["reals"]), v4
+        assert v4["failing_open"] is True and v4["announce"]["state"] == "last-resort", v4
+        assert v6["failing_open"] is False and v6["announce"]["state"] == "announced", v6
+        assert all(x["health"] == "up" for x in v6["reals"]), v6
         assert routes == {f"{VIP4}/32": True, f"{VIP6}/128": False}
-        assert "4000000000" in rtr  # the router holds lb2's route, as a last resort
+        assert all("no SYN-ACK" in x for x in reasons), reasons
+        # Down after `fall` failed probes, the last one ending at its timeout (issue 13:
+        # fall x interval + 1 s, plus that timeout).
+        assert len(went_down) == 3, went_down
+        assert 0 < down_s <= hc["fall"] * hc["interval"] + hc["timeout"] + 1.0, down_s
+        # BIRD on the node holds the route with the MED, and so does the router.
+        assert str(LAST_RESORT_MED) in node_route, node_route
+        assert str(LAST_RESORT_MED) in rtr, rtr  # the router holds lb2's route, as a last resort
+        # The others see the reals up and keep serving; lb2 forwards nothing for VIP4.
+        assert viewed_by_others == {n: True for n in others}, viewed_by_others
         assert hops(lab, VIP6) == set(NODES)
-        assert r.failed == 0 and tx[node] == 0 and tx["lb1"] > 0 and tx["lb3"] > 0, (r.errors, tx)
-
-        with open(health + ".tmp", "w") as f:
-            json.dump({"down": []}, f)
-        os.replace(health + ".tmp", health)
-        wait_for(lambda: hops(lab) == set(NODES), 10, f"the router to take {node} back")
+        assert r.failed == 0 and r.requests > 50, r.errors
+        assert tx[node] == 0 and all(tx[n] > 0 for n in others), tx
     finally:
-        lab.daemons[node].stop()
-        lab.daemons[node] = base
-        base.start()
+        lab.cut_probes(node, False)
+    t1 = time.monotonic()
+    wait_for(lambda: hops(lab) == set(NODES), 10, f"the router to take {node} back")
+    back_s = time.monotonic() - t1
+    wait_for(lambda: _seen_up(lab, node, VIP4), 5, f"{node} to see every real of {VIP4} up")
+    st = _status(lab, node)
+    before = vip_packets(lab, VIP4)
+    r = Wrk(lab, url_of(VIP4), connections=8, new_connections=True, duration=2).run()
+    after = vip_packets(lab, VIP4)
+    tx = {k: after[k] - before[k] for k in NODES}
+    record("one node's view lifted", back_in_ecmp_s=round(back_s, 2),
+           node_routes={x["prefix"]: x["last_resort"] for x in st["announce"]["routes"]},
+           wrk_failed=r.failed, vip4_packets_during=tx)
+    assert {x["prefix"]: x["last_resort"] for x in st["announce"]["routes"]} == {
+        f"{VIP4}/32": False, f"{VIP6}/128": False}
+    assert r.failed == 0 and all(tx[n] > 0 for n in NODES), (r.errors, tx)

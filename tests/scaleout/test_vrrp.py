@@ -3,6 +3,7 @@ the backup takes the VIP, established connections keep their real (issue 15)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,18 @@ def test_same_config_on_both_nodes(lab: ScaleLab) -> None:
     va, vb = (lab.daemons[n] for n in ("va", "vb"))
     with open(va.config_path) as a, open(vb.config_path) as b:
         assert a.read() == b.read()
+
+
+def test_both_nodes_see_every_real_up(lab: ScaleLab) -> None:
+    """The VIP is health-checked (DSR-aware TCP) on both nodes: the master, which holds
+    the VIP on its own eth0, probes from its node address too, and sees the reals up."""
+    for n in ("va", "vb"):
+        def up(n: str = n) -> bool:
+            st = json.loads(lab.daemons[n].cli("status", "--json").stdout)
+            v = next(v for v in st["vips"] if v["vip"] == VRRP_VIP)
+            return v["failing_open"] is False and all(
+                r["health"] == "up" and r["state"] == "active" for r in v["reals"])
+        wait_for(up, 10, f"{n} to see every real of {VRRP_VIP} up")
 
 
 def test_master_fails_backup_takes_the_vip_connections_keep_their_real(lab: ScaleLab) -> None:

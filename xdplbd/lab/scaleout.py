@@ -99,6 +99,11 @@ VRRP_NODES = {"va": (21, 150), "vb": (22, 100)}  # name: (host number, priority)
 VRRP_ADVERT_S = 0.1  # VRRPv3; sub-second adverts need it (docs/scale-out.md)
 HTTP_PORT = 80
 TUNABLES = {"max_vips": 16, "max_reals": 256, "conntrack_size": 65536, "ring_size": 65537}
+# Every VIP of the lab is health-checked with the default check (DSR-aware TCP: a SYN
+# to VIP:80 framed to the real's MAC, from the node's own address), on a short
+# schedule so a node's view changes within about a second: down after 2 failures
+# 0.5 s apart, up after 2 successes.
+HEALTHCHECK = {"type": "tcp", "interval": 0.5, "timeout": 0.3, "rise": 2, "fall": 2}
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,29}$")
 
 # The router's tc ingress program on c0: bpf_set_hash_invalid(skb); return TC_ACT_OK.
@@ -138,6 +143,7 @@ class ScaleSpec:
     n_lbs: int = 3  # LB nodes on BGP
     n_reals: int = 3
     vrrp: bool = False  # also the keepalived pair va/vb
+    health: bool = True  # every VIP health-checked (HEALTHCHECK)
     state_root: str = STATE_ROOT
 
     def __post_init__(self) -> None:
@@ -402,7 +408,11 @@ class ScaleLab:
         def vip(addr: str, v6: bool) -> Dict[str, Any]:
             reals = [{"ip": self.real_ip6(r) if v6 else self.real_ip4(r), "mac": macs[r],
                       "weight": 1} for r in self.real_names]
-            return {"vip": addr, "port": HTTP_PORT, "protocol": "tcp", "reals": reals}
+            out: Dict[str, Any] = {"vip": addr, "port": HTTP_PORT, "protocol": "tcp",
+                                   "reals": reals}
+            if self.spec.health:
+                out["healthcheck"] = dict(HEALTHCHECK)
+            return out
 
         cfg: Dict[str, Any] = {"interface": IFNAME, "xdp_mode": "native",
                                "tunables": dict(TUNABLES)}
@@ -658,6 +668,17 @@ class ScaleLab:
         n = self.node(name)
         _run(["ip", "-n", self.ns_br, "link", "set", n.port, "up"])
         self.start_node(name, wait=wait)
+
+    def cut_probes(self, name: str, on: bool = True) -> None:
+        """Make only node *name* see every real's IPv4 health checks fail: each real
+        gets (or loses) a blackhole route to that node's own IPv4 address. The DSR
+        probe's SYN-ACK goes to the node's address and is dropped; client traffic is
+        answered to the client (via the router) and the other nodes' probes to their
+        own addresses, so nothing else changes."""
+        n = self.node(name)
+        verb = "add" if on else "del"
+        _run_all([(["ip", "-n", self.real_ns(r), "route", verb, "blackhole", f"{n.ip4}/32"],
+                   None) for r in self.real_names])
 
     def maintenance(self, name: str, on: bool) -> str:
         """`xdplb maintenance on|off` on a node; returns what it printed."""
@@ -918,6 +939,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.add_argument("--lbs", type=int, default=3, help="LB nodes on BGP (default 3)")
             p.add_argument("--reals", type=int, default=3, help="reals (default 3)")
             p.add_argument("--vrrp", action="store_true", help="also a keepalived VRRP pair")
+            p.add_argument("--no-health", action="store_true",
+                           help="no health checks on the VIPs")
         if cmd in ("kill", "rejoin"):
             p.add_argument("node", help="lb1.., va, vb")
     args = ap.parse_args(argv)
@@ -927,7 +950,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd == "demo":
         return demo(args.prefix)
     if args.cmd == "up":
-        spec = ScaleSpec(prefix=args.prefix, n_lbs=args.lbs, n_reals=args.reals, vrrp=args.vrrp)
+        spec = ScaleSpec(prefix=args.prefix, n_lbs=args.lbs, n_reals=args.reals, vrrp=args.vrrp,
+                         health=not args.no_health)
     else:
         spec = load_spec(args.prefix) or ScaleSpec(prefix=args.prefix)
     lab = ScaleLab(spec)

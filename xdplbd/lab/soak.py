@@ -18,6 +18,16 @@ After each step, read back from the pinned maps (kernel/dataplane.py):
 * counters: every outcome total, and each VIP's and real's total while it
   stays, never goes down.
 
+What "the config" means here: the soak's VIPs have no health checks and every real
+its MAC, so the effective config (core/effective.py: the file filtered by health and
+completed by MACs) is the file itself, and the maps are compared with the file. That
+is the statement under test: under config churn, restarts and kills the maps converge
+to what the file says. A real bounce is no health event here either: the stopped
+real keeps its share of new flows, whose failures are counted as ``real stopped``.
+Health checks (a real that stops drains) are tested in tests/e2e/test_health.py; a
+soak config that asked for them, or for a MAC from the neighbour table, would make
+the maps differ from the file by design, so `Soak.config` refuses one.
+
 Steps and configs come from chaos.py, seeded: ``--seed`` replays a run's
 sequence. The daemon runs with APPLY_DELAY_ENV set, so a kill -9 can land in
 the middle of an apply; the step records whether it did (the maps matched
@@ -36,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from xdplbd.core.config import parse_config
+from xdplbd.core.health import checks_of
 from xdplbd.core.model import Config
 from xdplbd.core.plan import PlanError, make_plan
 from xdplbd.kernel.loader import remove_pins
@@ -172,7 +183,13 @@ class Soak:
 
     def config(self, world: chaos.World) -> Tuple[Dict[str, Any], Config]:
         doc = render(world, self.lab)
-        return doc, parse_config(json.dumps(doc), "soak")
+        cfg = parse_config(json.dumps(doc), "soak")
+        for v in cfg.vips:  # the maps are compared with the file: it must be the effective one
+            if checks_of(v) or any(r.mac is None for r in v.reals):
+                raise ValueError(f"soak config: vip {v.key} has health checks or a real "
+                                 "without a mac; the maps would hold the health- and "
+                                 "neighbour-adjusted config, not the file (see the docstring)")
+        return doc, cfg
 
     def start(self) -> None:
         remove_pins(self.lb.pin_dir)
