@@ -97,7 +97,8 @@ def _withdraw(lab: ScaleLab) -> Dict[str, List[float]]:
 
 
 def run() -> Dict[str, Any]:
-    lab = ScaleLab(ScaleSpec(prefix="sobench", n_lbs=3, n_reals=3))
+    # Without health checks: the figures isolate what route announcement costs a reload.
+    lab = ScaleLab(ScaleSpec(prefix="sobench", n_lbs=3, n_reals=3, health=False))
     res: Dict[str, Any] = {"off": [], "on": [], "routes": []}
     try:
         lab.up()
