@@ -23,16 +23,21 @@ from xdplbd.kernel.dataplane import store_flow
 from xdplbd.kernel.jiffies import now_tick
 from xdplbd.kernel.snapshot import stats_json, take
 
-STATUS_KEYS = {"schema", "daemon", "dataplane", "config", "reloads", "last_reload", "vips"}
+# Schema 1 only grows: "announce" (issue 15) and "warnings" (issue 14) were added.
+STATUS_KEYS = {"schema", "daemon", "dataplane", "config", "reloads", "last_reload", "vips",
+               "announce", "warnings"}
 
 
 def _maps_vips(d: LabDaemon) -> List[Dict[str, Any]]:
     with d.dataplane() as dp:
         return [
             {"vip": str(v.key.addr), "port": v.key.port, "protocol": v.key.proto,
-             "vip_id": v.id,
+             "vip_id": v.id, "ring_digest": f"{v.ring_digest:016x}", "failing_open": False,
+             "announce": None,
              "reals": [{"ip": str(b.ip), "mac": b.mac, "weight": b.weight,
-                        "state": "active" if b.weight else "draining", "backend_id": b.id}
+                        "state": "active" if b.weight else "draining", "backend_id": b.id,
+                        "health": "unchecked", "reason": None, "health_since": None,
+                        "last_check": None}
                        for b in v.backends]}
             for v in dp.read_live().vips
         ]

@@ -57,8 +57,8 @@ def test_top_shows_vips_reals_and_live_rates(lab_daemon: LabDaemon) -> None:
 
         screen = tm.wait_for(rate_shown, timeout=20)
         cols = _header(screen)
-        assert cols == ["VIP / real", "weight", "state", "pkt/s", "bit/s", "flows", "packets",
-                        "bytes"], screen
+        assert cols == ["VIP / real", "weight", "state", "health", "pkt/s", "bit/s", "flows",
+                        "packets", "bytes"], screen
         row = _row(screen, vip_row)
         assert row is not None
         assert _nonzero(row[cols.index("bit/s")]), row
