@@ -7,12 +7,15 @@ import ipaddress
 from xdplbd.core.config import parse_config
 from xdplbd.core.effective import Neighbour
 from xdplbd.core.neighbours import (
+    BURST_MAX_S,
+    BURST_QUIET_S,
     NUD_DELAY,
     NUD_FAILED,
     NUD_INCOMPLETE,
     NUD_REACHABLE,
     NUD_STALE,
     NeighEntry,
+    apply_due,
     change_line,
     mac_conflicts,
     needs_asking,
@@ -80,3 +83,12 @@ def test_wanted_and_conflicts() -> None:
     assert mac_conflicts(cfg, {ip12: Neighbour(B, True)}) == {ip12: (A, B)}
     assert mac_conflicts(cfg, {ip12: Neighbour(A, True)}) == {}
     assert mac_conflicts(cfg, {ip12: Neighbour(B, False)}) == {}
+
+
+def test_a_burst_of_changes_makes_one_apply_and_a_single_change_lands_at_once() -> None:
+    assert BURST_QUIET_S < BURST_MAX_S < 1.0  # the issue: a MAC change lands within 1 s
+    assert apply_due(100.0, 100.0) == 100.0 + BURST_QUIET_S  # one change
+    # changes keep coming: the apply waits for a quiet moment...
+    assert apply_due(100.0, 100.1) == 100.1 + BURST_QUIET_S
+    # ...but never longer than BURST_MAX_S after the first
+    assert apply_due(100.0, 100.0 + BURST_MAX_S) == 100.0 + BURST_MAX_S

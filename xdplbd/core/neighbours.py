@@ -23,6 +23,14 @@ NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY = 0x01, 0x02, 0x04, 0x08
 NUD_PROBE, NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x10, 0x20, 0x40, 0x80
 NUD_VALID = NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY
 ZERO_MAC = "00:00:00:00:00:00"
+# A burst of neighbour changes (thousands of reals resolving at once, each batch of
+# events asking for an apply) makes one apply: it waits while changes keep coming at
+# most BURST_QUIET_S apart, and never longer than BURST_MAX_S after the first. Each
+# apply reads the maps and rebuilds the ring of every VIP whose reals changed (~20 ms
+# a ring of 65537 slots), so one apply per burst instead of one per batch. A single
+# MAC change waits BURST_QUIET_S.
+BURST_QUIET_S = 0.05
+BURST_MAX_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,12 @@ def observe(prev: Optional[Neighbour], e: NeighEntry) -> Optional[Neighbour]:
     else:
         return None  # being resolved, or deleted: ask again and wait for the answer
     return None if new == prev else new
+
+
+def apply_due(first: float, last: float) -> float:
+    """When the apply for the neighbour changes of a burst is due, the burst's first
+    change having come at `first` and its latest at `last` (monotonic seconds)."""
+    return min(first + BURST_MAX_S, last + BURST_QUIET_S)
 
 
 def needs_asking(e: NeighEntry) -> bool:

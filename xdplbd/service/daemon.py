@@ -27,7 +27,7 @@ from xdplbd import __version__
 from xdplbd.core.config import ConfigError, FieldError, read_config_file
 from xdplbd.core.effective import Effective, Neighbour, RealId, effective, with_macs
 from xdplbd.core.model import Config, IPAddress, LiveState
-from xdplbd.core.neighbours import mac_conflicts
+from xdplbd.core.neighbours import apply_due, mac_conflicts
 from xdplbd.core.plan import PlanError, make_plan
 from xdplbd.kernel import attach, iface, libbpf, loader
 from xdplbd.kernel.dataplane import DataPlane
@@ -175,6 +175,7 @@ class Daemon:
         self.link: Optional[lblink.LinkOutcome] = None  # as last followed
         self._link_event = False  # set from the neighbour thread
         self._reapply: List[str] = []  # reasons for a pending apply; appended from threads
+        self._neigh_burst = (0.0, 0.0)  # (first, latest) neighbour request not applied yet
         self.announcer = Announcer(opts.state_dir)  # the VIP routes BIRD announces
         prev = read_state(opts.state_dir)
         # The generation counts applied configs across restarts: a restart that
@@ -478,12 +479,26 @@ class Daemon:
 
     def request_apply(self, reason: str) -> None:
         """Ask the main loop for one apply of the live config against the current
-        health and neighbour views (thread-safe; several requests make one apply)."""
+        health and neighbour views (thread-safe; several requests make one apply).
+        Neighbour changes wait for the end of their burst (core/neighbours.py apply_due)."""
+        if reason == NEIGHBOUR_REASON:
+            now = time.monotonic()
+            self._neigh_burst = (self._neigh_burst[0] or now, now)
         self._reapply.append(reason)
         self._wake()
 
+    def _reapply_due(self) -> float:
+        """When the pending apply is due (monotonic); 0.0 when none is pending."""
+        if not self._reapply:
+            return 0.0
+        first, latest = self._neigh_burst
+        if not first or any(r != NEIGHBOUR_REASON for r in self._reapply):
+            return time.monotonic()
+        return apply_due(first, latest)
+
     def _do_reapply(self) -> None:
         reasons, self._reapply = self._reapply, []
+        self._neigh_burst = (0.0, 0.0)
         if not reasons or self.cfg is None:
             return
         only_neigh = all(r == NEIGHBOUR_REASON for r in reasons)
@@ -641,7 +656,7 @@ class Daemon:
                     self.notifier.watchdog()
                     next_ping = now + wd
                 timeout = 1.0 if wd is None else max(0.0, next_ping - now)
-                for due in (self._reload_due, self.announcer.retry_due):
+                for due in (self._reload_due, self.announcer.retry_due, self._reapply_due()):
                     if due:
                         timeout = min(timeout, max(0.0, due - now))
                 select.select([self._wake_r], [], [], timeout)
@@ -655,7 +670,8 @@ class Daemon:
                 if self._link_event:
                     self._link_event = False
                     self._follow_link("link event")
-                if self._reapply:
+                reapply = self._reapply_due()
+                if reapply and time.monotonic() >= reapply:
                     self._do_reapply()
                 if self.announcer.retry_due:
                     self.announcer.retry()

@@ -194,27 +194,38 @@ class _Follower:
             return
         entries = {e.ip: e for e in self.nl.neighbours(self.ifindex)}
         self._apply(e for ip, e in entries.items() if ip in self.resolve or ip in self.watch)
+        ask = []
         for ip in self.resolve:
             e = entries.get(ip)
             if e is None or not (e.valid or e.state & 0x01):
-                self._ask(ip)
+                ask.append(ip)
+        self._ask(ask)
         self._check_settled()
 
-    def _ask(self, ip: IPAddress) -> None:
-        if not self.ifindex:
+    def _ask(self, ips: List[IPAddress]) -> None:
+        """Ask the kernel to resolve these IPs (all requests pipelined: ~10 us each)."""
+        if not self.ifindex or not ips:
             return
-        self.asked[ip] = time.monotonic()
+        t0 = time.monotonic()
+        for ip in ips:
+            self.asked[ip] = t0
         try:
-            self.nl.resolve(self.ifindex, ip)
+            refused = self.nl.resolve_many(self.ifindex, ips)
         except OSError as e:
-            if e.errno == errno.ENOBUFS and not self.table_full:
+            log.debug("asking the kernel to resolve %d IPs: %s", len(ips), e)
+            return
+        if len(ips) > 1:
+            log.debug("asked the kernel to resolve %d IPs in %.1f ms", len(ips),
+                      (time.monotonic() - t0) * 1000)
+        for ip, why in refused.items():
+            if why.errno == errno.ENOBUFS and not self.table_full:
                 self.table_full = True  # once: it repeats for every real until fixed
                 log.warning("the kernel's neighbour table is full (%s): raise "
                             "net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2, and the "
                             "net.ipv6 ones) above the number of reals plus the hosts this "
-                            "machine talks to; reals that cannot be resolved get no flows", e)
-            else:
-                log.debug("asking the kernel to resolve %s: %s", ip, e)
+                            "machine talks to; reals that cannot be resolved get no flows", why)
+            elif why.errno != errno.ENOBUFS:
+                log.debug("asking the kernel to resolve %s: %s", ip, why)
 
     def _retry(self) -> None:
         """For reals still unresolved a while after asking: read their entries (an
@@ -244,14 +255,16 @@ class _Follower:
             log.debug("reading neighbour entries: %s", err)
             entries = {}
         self._apply(e for ip, e in entries.items() if ip in due)
+        again = []
         for ip in due:
             entry = entries.get(ip)
             # An entry being probed (INCOMPLETE, NONE) is left alone: asking again would
             # restart its probe. A managed entry that FAILED is re-probed by the kernel.
             if entry is None or (entry.failed and not self.nl.managed):
-                self._ask(ip)
+                again.append(ip)
             else:
                 self.asked[ip] = now  # look again in RETRY_S
+        self._ask(again)
         self._check_settled()
 
     def _check_settled(self) -> None:
@@ -281,9 +294,7 @@ class _Follower:
                     self._resync()  # the entries of the old index are gone with it
         if neigh:
             self._apply(neigh)
-            for e in neigh:
-                if e.ip in self.resolve and needs_asking(e):
-                    self._ask(e.ip)
+            self._ask([e.ip for e in neigh if e.ip in self.resolve and needs_asking(e)])
             self._check_settled()
 
     def _read_link(self) -> None:
