@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from xdplbd.core.effective import Effective, RealId
 from xdplbd.core.health import (
@@ -394,21 +394,12 @@ class HealthChecker:
                 self.on_change("health")
 
 
-def write_health(state_dir: str, doc: Dict[str, Any]) -> None:
-    """Atomically: a reader or a restart sees the old file or the new one."""
+def write_health(state_dir: str, pieces: Iterable[str]) -> None:
+    """health.json from its text in pieces; atomically: a reader or a restart sees the
+    old file or the new one."""
     os.makedirs(state_dir, exist_ok=True)
     path = state_path(state_dir)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        # One record a line: greppable, and no one big string of the whole file.
-        f.write(f'{{"version": {doc["version"]}, "written_at": {json.dumps(doc["written_at"])}, '
-                f'"stats": {json.dumps(doc["stats"])}, '
-                f'"failing_open": {json.dumps(doc["failing_open"])},\n"checks": {{')
-        first = True
-        for k, v in doc["checks"].items():
-            f.write(("" if first else ",\n") + json.dumps(k) + ": " + json.dumps(v))
-            first = False
-        f.write('},\n"reals": [')
-        f.write(",\n".join(json.dumps(r) for r in doc["reals"]))
-        f.write("]}\n")
+        f.write("".join(pieces))
     os.replace(tmp, path)

@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from xdplbd.core.health import (
     TCP,
@@ -67,6 +67,7 @@ log = logging.getLogger("xdplbd")
 # never more than ~5% of the time it takes to write the file.
 REFRESH_S = 2.0
 JITTER_SAMPLES = 100_000
+SLICE = 256  # health.json records rendered between two turns of the loop
 PR_SET_PDEATHSIG = 1
 # (VIP address, port, protocol, real IP) as text: how health.json names a real.
 RealText = Tuple[str, int, str, str]
@@ -148,11 +149,14 @@ class Checker:
         self._sources: Dict[IPAddress, Optional[IPAddress]] = {}
         self._prober: Optional[TcpDsrProber] = None
         self._prober_error = ""
-        self._reals: Dict[RealText, Dict[str, Any]] = {}  # as last applied by the daemon
+        # Each real as last applied by the daemon: (health, state, reason).
+        self._reals: Dict[RealText, Tuple[str, str, str]] = {}
         self._failing: List[str] = []
         self._changed: Dict[str, HealthState] = {}  # verdicts not yet sent
         self._dirty = False
         self._save_handle: Optional[asyncio.Handle] = None
+        self._save_task: Optional[asyncio.Task[None]] = None
+        self._save_again = False  # a transition came while a save was being rendered
         self._last_save = 0.0
         self._save_cost = 0.0
         self._tasks: Set[asyncio.Task[None]] = set()
@@ -187,11 +191,7 @@ class Checker:
             for vk, ip in msg["del"]:
                 self._reals.pop((vk[0], vk[1], vk[2], ip), None)
             for vk, ip, health, state, reason in msg["set"]:
-                rec: Dict[str, Any] = {"vip": vk[0], "port": vk[1], "protocol": vk[2],
-                                       "ip": ip, "health": health, "state": state}
-                if reason:
-                    rec["reason"] = reason
-                self._reals[(vk[0], vk[1], vk[2], ip)] = rec
+                self._reals[(vk[0], vk[1], vk[2], ip)] = (health, state, reason)
             self._failing = list(msg["failing_open"])
             self._dirty = True
             self._schedule_save(0.0)
@@ -209,6 +209,8 @@ class Checker:
             self._prober = None
         if self._save_handle is not None:
             self._save_handle.cancel()
+        if self._save_task is not None:
+            self._save_task.cancel()
         self._save()
         self.stopped.set()
 
@@ -337,6 +339,9 @@ class Checker:
     # -- health.json ----------------------------------------------------------------------
 
     def _schedule_save(self, delay: float) -> None:
+        if self._save_task is not None:
+            self._save_again = self._save_again or delay == 0
+            return
         if self._save_handle is not None:
             if delay > 0:
                 return
@@ -347,42 +352,82 @@ class Checker:
 
     def _save_and_rearm(self) -> None:
         self._save_handle = None
-        if self._dirty:
-            self._save()
-        self._schedule_save(REFRESH_S)
+        if not self._dirty:
+            self._schedule_save(REFRESH_S)
+            return
+        task = self._loop.create_task(self._save_async())
+        self._save_task = task
 
-    def _save(self) -> None:
-        t0 = time.monotonic()
+        def done(_t: asyncio.Task[None]) -> None:
+            self._save_task = None
+            again, self._save_again = self._save_again, False
+            self._schedule_save(0.0 if again else REFRESH_S)
+
+        task.add_done_callback(done)
+
+    async def _save_async(self) -> None:
+        """Render health.json a slice at a time, giving the loop back between slices:
+        a whole file at 1000 VIPs x 16 reals takes 100+ ms of CPU, which as one piece
+        made every probe due meanwhile late by as much (the jitter p99)."""
         self._dirty = False
+        busy, t = 0.0, time.monotonic()
+        pieces: List[str] = []
+        for n, piece in enumerate(self._pieces()):
+            pieces.append(piece)
+            if n % SLICE == SLICE - 1:
+                busy += time.monotonic() - t
+                await asyncio.sleep(0)
+                t = time.monotonic()
         try:
-            write_health(self.state_dir, self.document())
+            write_health(self.state_dir, pieces)
         except OSError as e:
             log.error("cannot write %s: %s", state_path(self.state_dir), e)
-        self._last_save = time.monotonic()
-        self._save_cost = self._last_save - t0
+        busy += time.monotonic() - t
+        self._last_save, self._save_cost = time.monotonic(), busy
 
-    def document(self) -> Dict[str, Any]:
-        """health.json: every check's verdict, and each real as last applied."""
-        check_of: Dict[RealText, str] = {}
-        for c, users in self._users.items():
-            for vk, ip in users:
-                check_of[(str(vk.addr), vk.port, vk.proto, str(ip))] = c.key
-        reals: List[Dict[str, Any]] = []
-        for k, rec in self._reals.items():
-            key = check_of.get(k)
-            reals.append({**rec, "check": key} if key is not None else rec)
+    def _save(self) -> None:
+        """At once, in one piece (on the way out)."""
+        self._dirty = False
+        try:
+            write_health(self.state_dir, self._pieces())
+        except OSError as e:
+            log.error("cannot write %s: %s", state_path(self.state_dir), e)
+
+    def _pieces(self) -> Iterator[str]:
+        """health.json's text, one record a piece: every check's verdict, and each real
+        as last applied. Reads copies, so a reload between two slices is harmless."""
+        states = list(self.states.items())
+        users = list(self._users.items())
+        reals = list(self._reals.items())
         late = sorted(self.lateness)
 
         def pct(p: float) -> float:
             return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 2) if late else 0.0
 
-        stats = {"probes": dict(self.probes_total), "checks": len(self._users),
-                 "pid": os.getpid(),
+        stats = {"probes": dict(self.probes_total), "checks": len(users), "pid": os.getpid(),
                  "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
                                  "samples": len(late)}}
-        return {"version": STATE_VERSION, "written_at": time.time(), "stats": stats,
-                "checks": {k: state_to_dict(st) for k, st in self.states.items()},
-                "failing_open": self._failing, "reals": reals}
+        yield (f'{{"version": {STATE_VERSION}, "written_at": {json.dumps(time.time())}, '
+               f'"stats": {json.dumps(stats)}, "failing_open": {json.dumps(self._failing)},'
+               '\n"checks": {')
+        for n, (key, st) in enumerate(states):
+            yield ("" if not n else ",\n") + json.dumps(key) + ": " + json.dumps(state_to_dict(st))
+        yield '},\n"reals": ['
+        check_of: Dict[RealText, str] = {}
+        for c, us in users:
+            for vk, ip in us:
+                check_of[(str(vk.addr), vk.port, vk.proto, str(ip))] = c.key
+            yield ""
+        for n, (rt, (health, state, reason)) in enumerate(reals):
+            rec: Dict[str, Any] = {"vip": rt[0], "port": rt[1], "protocol": rt[2], "ip": rt[3],
+                                   "health": health, "state": state}
+            if reason:
+                rec["reason"] = reason
+            ck = check_of.get(rt)
+            if ck is not None:
+                rec["check"] = ck
+            yield ("" if not n else ",\n") + json.dumps(rec)
+        yield "]}\n"
 
 
 def _die_with_parent(parent: int) -> None:
