@@ -143,6 +143,7 @@ class Checker:
         self._optimistic = False
         self._vips: Dict[VipKey, Tuple[Tuple[IPAddress, Check], ...]] = {}
         self._users: Dict[Check, List[Tuple[VipKey, IPAddress]]] = {}
+        self._intern: Dict[Check, Check] = {}  # the one object of each distinct check
         self._timers: Dict[Check, asyncio.TimerHandle] = {}
         self._due: Dict[Check, float] = {}
         self._avoid: Set[IPAddress] = set()  # VIP addresses: never a source
@@ -186,7 +187,12 @@ class Checker:
                     self.states[key] = st
         elif op == "vips":
             dels = [vipkey_from_wire(w) for w in msg["del"]]
-            self._configure(dels, [vip_checks_from_wire(w) for w in msg["set"]])
+            sets = []
+            for w in msg["set"]:
+                vk, checks = vip_checks_from_wire(w)
+                # One object per distinct check, however many VIPs share it.
+                sets.append((vk, tuple((ip, self._intern.setdefault(c, c)) for ip, c in checks)))
+            self._configure(dels, sets)
         elif op == "reals":
             for vk, ip in msg["del"]:
                 self._reals.pop((vk[0], vk[1], vk[2], ip), None)
@@ -239,6 +245,7 @@ class Checker:
         gone = [c for c in before if c not in users]
         added = [c for c in touched if c in users and c not in before]
         for c in gone:
+            self._intern.pop(c, None)
             h = self._timers.pop(c, None)
             if h is not None:
                 h.cancel()
