@@ -7,6 +7,8 @@ transition takes about a second. Each test leaves the lab as it found it.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -284,6 +286,28 @@ def test_restart_while_a_real_is_down_keeps_it_down(tcp: HealthLab) -> None:
     assert results and not [who for _, who in results if who in ("real2", "error")]
     answers, failures = spread(lab, lab.vip4, 60)
     assert failures == 0 and answers["real2"] == 0, answers
+
+
+def test_a_killed_checker_is_restarted_and_verdicts_hold(tcp: HealthLab) -> None:
+    """The checks run in a child of the daemon: killed, it is logged and restarted, a
+    down real stays down meanwhile and after, and the new checker keeps checking."""
+    lb = tcp.lb
+    daemon = lb.pid
+    assert daemon is not None
+    tcp.lab.stop_nginx("real2")
+    tcp.wait_health("real2", "down", DOWN_WINDOW + 5)
+    old = int(read_health(lb.state_dir)["stats"]["pid"])
+    assert old != daemon
+    with open(f"/proc/{old}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == daemon  # its parent
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: any(f"the checker (pid {old}) exited with signal 9" in line
+                         for line in lb.log_lines()), 10, f"no restart: {lb.log_tail()}")
+    wait_for(lambda: int(read_health(lb.state_dir).get("stats", {}).get("pid", old)) != old,
+             15, f"no new checker: {lb.log_tail()}")
+    assert tcp.real("real2")["health"] == "down" and lb.running()
+    tcp.lab.start_nginx("real2")
+    tcp.wait_health("real2", "up", UP_WINDOW + 5)  # the new checker checks
 
 
 def test_udp_check_against_the_lab_echo(tcp: HealthLab) -> None:

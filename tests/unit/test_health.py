@@ -16,6 +16,7 @@ from xdplbd.core.health import (
     TCP,
     TCP_DSR,
     UDP,
+    Check,
     Result,
     check_of,
     checks_of,
@@ -222,3 +223,40 @@ def test_arp_and_ns_claims() -> None:
 def test_reply_filter_is_whole_instructions() -> None:
     prog = frames.reply_filter(61000, 65535)
     assert len(prog) % 8 == 0 and 20 < len(prog) // 8 < 40
+
+
+# -- the checker process's wire format, and carrying verdicts over a reload ------------
+
+
+def test_checks_and_keys_round_trip_the_wire() -> None:
+    from xdplbd.core.healthwire import vip_checks_from_wire, vip_checks_to_wire
+
+    http = {"type": "http", "path": "/h", "expect": [200, 299], "interval": 3, "timeout": 1}
+    udp = {"type": "udp", "send": "hex:0a0b", "receive": "pong"}
+    for check in ({"type": "tcp"}, {"type": "tcp", "dsr": False}, http, udp):
+        vip = parse_config(json.dumps(doc(check)), "f").vips[0]
+        checks = checks_of(vip)
+        wire = json.loads(json.dumps(vip_checks_to_wire(vip.key, checks)))
+        key, back = vip_checks_from_wire(wire)
+        assert key == vip.key and back == checks
+        assert [c.key for _, c in back] == [c.key for _, c in checks]
+
+
+def test_carry_keeps_verdicts_and_starts_new_checks_down() -> None:
+    from xdplbd.core.health import carry
+
+    vip = parse_config(json.dumps(doc({"type": "tcp"})), "f").vips[0]
+    (_, a), (_, b) = checks_of(vip)
+    up = observe(observe(new_state(0.0), Result(True, "ok", 1.0), 2, 3)[0],
+                 Result(True, "ok", 2.0), 2, 3)[0]
+    assert up.up
+    states = {a.key: up}
+    # Kept check: kept state; new check: down (or up on a first start); gone: dropped.
+    got = carry([b], [a], states, optimistic=False)
+    assert got == {a.key: up}
+    got = carry([a], [b], states, optimistic=False)
+    assert list(got) == [b.key] and not got[b.key].up
+    assert carry([a], [b], states, optimistic=True)[b.key].up
+    # Only the timing changed (same probe): the verdict carries over.
+    slower = Check(a.probe, a.interval * 2, a.rise, a.fall)
+    assert carry([a], [slower], states, optimistic=False)[slower.key] is up

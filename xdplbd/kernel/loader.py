@@ -6,14 +6,19 @@ with one bpf_obj_get: no compile, ~10 ms instead of ~0.4 s and 190 MB.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import os
+import subprocess
+import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from xdplbd.core.model import Tunables
 from xdplbd.core.schema import RETIRED_PINS, U32, MapSpec, map_specs
@@ -152,6 +157,37 @@ def load(pin_dir: str, t: Tunables) -> Program:
         fd = libbpf.obj_get(pin_path)
         return Program(fd, digest, pin_path, False, libbpf.prog_info(fd))
 
+    # Compile in a process of its own: BCC and LLVM leave ~150 MB resident in whoever
+    # compiles (malloc arenas and touched library pages are not given back), which the
+    # daemon would then carry for life (it was most of its RSS; bench/health.py).
+    _compile_in_child(pin_dir, t)
+    if not os.path.exists(pin_path):
+        raise LoadError(f"compiling {src_path} pinned no {pin_path}")
+    fd = libbpf.obj_get(pin_path)
+    return Program(fd, digest, pin_path, True, libbpf.prog_info(fd))
+
+
+def _compile_in_child(pin_dir: str, t: Tunables) -> None:
+    argv = [sys.executable, "-m", "xdplbd.kernel.loader", "--pin-dir", pin_dir,
+            "--tunables", json.dumps(dataclasses.asdict(t))]
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       check=False)
+    for line in r.stdout.splitlines():
+        log.info("%s", line)
+    if r.returncode != 0:
+        err = r.stderr.strip()
+        raise LoadError(err.splitlines()[-1] if err else
+                        f"the compiler process exited with status {r.returncode}")
+
+
+def compile_and_pin(pin_dir: str, t: Tunables) -> None:
+    """Compile the source with BCC, sync vip_index and pin the program (the compiler
+    process: `python -m xdplbd.kernel.loader`)."""
+    src_path = source_path()
+    source = src_path.read_bytes()
+    flags = cflags(t, pin_dir)
+    digest = source_digest(source, flags)
+    pin_path = os.path.join(pin_dir, PROG_PREFIX + digest)
     ensure_kernel_headers()
     from bcc import BPF  # imported lazily: ~70 MB, only needed to compile
 
@@ -160,20 +196,15 @@ def load(pin_dir: str, t: Tunables) -> Program:
         fn = bpf.load_func(FUNC_NAME.encode(), BPF.XDP)
     except Exception as e:  # bcc raises bare Exception on compile/verify errors
         raise LoadError(f"cannot compile/load {src_path}: {e}") from e
-    fd = os.dup(fn.fd)  # outlive the BPF object, which closes its own fds
     try:
         _sync_vip_index(pin_dir, t)
-    except Exception:
-        os.close(fd)
+        tmp = os.path.join(pin_dir, "tmp_" + PROG_PREFIX + digest)  # bpffs: no dots
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        libbpf.obj_pin(fn.fd, tmp)
+        os.rename(tmp, pin_path)
+    finally:
         bpf.cleanup()
-        raise
-    tmp = os.path.join(pin_dir, "tmp_" + PROG_PREFIX + digest)  # bpffs names allow no dots
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    libbpf.obj_pin(fd, tmp)
-    os.rename(tmp, pin_path)
-    bpf.cleanup()
-    return Program(fd, digest, pin_path, True, libbpf.prog_info(fd))
 
 
 def _sync_vip_index(pin_dir: str, t: Tunables) -> None:
@@ -236,3 +267,21 @@ def _carry_paths(pin_dir: str) -> None:
                 continue
             old_words, new_words = array("Q", a), array("Q", b)  # per CPU: packets, bytes
             new.update(key, array("Q", (x + y for x, y in zip(old_words, new_words))).tobytes())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The compiler process: compile and pin, then exit (and give the memory back)."""
+    ap = argparse.ArgumentParser(prog="xdplbd-compile")
+    ap.add_argument("--pin-dir", required=True)
+    ap.add_argument("--tunables", required=True, help="Tunables as JSON")
+    args = ap.parse_args(argv)
+    try:
+        compile_and_pin(args.pin_dir, Tunables(**json.loads(args.tunables)))
+    except (LoadError, OSError, libbpf.BpfError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,6 +143,22 @@ def read_config(path: str) -> Tuple[Config, str]:
     return read_config_file(path)
 
 
+def settle_heap() -> None:
+    """After a start or a reload: what is alive now (config, live state, memos: ~100k
+    objects at 1000 VIPs) lives on; frozen out of the cyclic GC's reach, it costs no
+    more full collections (~100 ms each, one every few reloads otherwise), and is
+    freed by refcount as usual.
+
+    Collect first: gc.freeze() alone also froze the garbage cycles of the moment
+    (an exception's traceback, a thread's leftovers) for good, reload after reload.
+    The collection only walks what is not frozen yet, i.e. what this reload made."""
+    t0 = time.monotonic()
+    found = gc.collect()
+    gc.freeze()
+    log.debug("gc: %d unreachable objects collected in %.1f ms, %d frozen", found,
+              (time.monotonic() - t0) * 1000, gc.get_freeze_count())
+
+
 def status_line(live: LiveState) -> str:
     reals = sum(len(v.backends) for v in live.vips)
     return f"{len(live.vips)} VIPs, {reals} reals"
@@ -265,8 +281,7 @@ class Daemon:
         self.notifier.ready(self._status())
         log.info("ready on %s (%s XDP): generation %d, %s", self.ifname, self.mode,
                  self.generation, status_line(self._live))
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         return EXIT_OK
 
     def _start_neighbours(self, cfg: Config) -> None:
@@ -408,10 +423,7 @@ class Daemon:
         self.reload_results["ok" if ok else "rejected"] += 1
         for hook in self.on_reload:
             hook(ok)
-        # What is alive now (config, live state, memos: ~100k objects at 1000 VIPs)
-        # lives on; out of the cyclic GC's reach, it costs no more full collections
-        # (~100 ms each, one every few reloads otherwise). Freed by refcount as usual.
-        gc.freeze()
+        settle_heap()
         return ok
 
     def _reload(self, trigger: str) -> bool:

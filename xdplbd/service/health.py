@@ -1,14 +1,26 @@
-"""The health checker: runs every check on one asyncio loop in its own thread.
+"""Health checks, the daemon's side: its copy of the verdicts, and the checker process.
 
-The main loop never waits for it. It reads verdicts (`verdicts(cfg)`, a few
-dict lookups), hands over a new config (`configure`, which returns at once;
-only checks that changed restart) and the last applied Effective (`publish`).
-When a verdict changes, the checker logs one line per (VIP, real), saves its
-state and asks the daemon for one apply (`on_change`).
+The probes run in a child process (service/healthd.py, `python -m
+xdplbd.service.healthd`): thousands of probes a second in a thread of the
+daemon fought every reload for the GIL (reload p99 ~300 ms to 1.5 s, RSS
+~220 MB; bench/health.py). This module is the daemon's narrow interface to it,
+and the main loop never waits for it:
 
-State lives in <state-dir>/health.json: the verdict of every check (so a
-restart never flaps a real) and, for `xdplb status`, each real's health,
-state, last result and since when.
+* `verdicts(cfg)`: up/down of every checked real, from the daemon's own copy of
+  the verdicts (a few dict lookups);
+* `configure(cfg)`: only the VIPs whose object changed are sent (the config
+  parser hands back the same Vip for an unchanged VIP), so only the checks that
+  changed restart; returns at once;
+* `publish(eff)`: the reals' state as last applied, as a difference, for
+  health.json;
+* `on_change`: called (from the supervisor thread) when a verdict changes.
+
+The checker sends verdict transitions and log lines; it writes health.json
+(every check's verdict, last results, each real as applied) so that a restart
+never flaps a real. A supervisor thread starts it, reads it, and restarts it
+if it dies (logged; the verdicts keep their last state meanwhile, and the new
+checker starts from them). It dies with the daemon (PR_SET_PDEATHSIG, and end
+of file on its socket).
 
 Where the checks start: a check seen for the first time starts down (a real
 added by a reload must pass `rise` checks), except on the very first start of
@@ -20,47 +32,44 @@ one by one would keep the main loop busy for minutes.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import json
 import logging
 import os
-import random
+import queue
+import socket
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from xdplbd.core.effective import Effective, RealId
 from xdplbd.core.health import (
-    TCP,
-    TCP_DSR,
     Check,
     HealthState,
-    Result,
+    carry,
     checks_of,
-    new_state,
-    observe,
     state_from_dict,
     state_to_dict,
-    transition_text,
     verdicts,
 )
-from xdplbd.core.model import Config, IPAddress, Vip
-from xdplbd.kernel import rawsock
-from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
+from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
+from xdplbd.core.model import Config, IPAddress, Vip, VipKey
 
 log = logging.getLogger("xdplbd")
 
 STATE_FILE = "health.json"
 STATE_VERSION = 1
-# health.json is rewritten at once after a transition (it holds the verdicts a
-# restart resumes from); last results alone are written at most this often, and
-# never more than ~5% of the time it takes to write the file.
-REFRESH_S = 2.0
-JITTER_SAMPLES = 100_000
-SWITCH_INTERVAL_S = 0.0005
+# A checker that dies is restarted after this long, doubling up to the max while
+# it keeps dying within RESTART_MAX_S of its start.
+RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
+STOP_WAIT_S = 10.0
+CHILD_MODULE = "xdplbd.service.healthd"
+# Not for the child: it must not speak to systemd in the daemon's name.
+CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS",
+                  "LISTEN_PID")
+
+VipChecks = Tuple[Tuple[IPAddress, Check], ...]
 
 
 def state_path(state_dir: str) -> str:
@@ -77,6 +86,39 @@ def read_health(state_dir: str) -> Dict[str, Any]:
     return doc if isinstance(doc, dict) and doc.get("version") == STATE_VERSION else {}
 
 
+def _line(msg: Dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+class _Child:
+    """One checker process: its socket, and a writer thread so that the main loop
+    never blocks on a full socket buffer."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc, self.sock = proc, sock
+        self.out: queue.Queue[Optional[bytes]] = queue.Queue()
+        self.writer = threading.Thread(target=self._write, name="health-tx", daemon=True)
+        self.writer.start()
+
+    def send(self, msg: Dict[str, Any]) -> None:
+        self.out.put(_line(msg))
+
+    def _write(self) -> None:
+        while True:
+            data = self.out.get()
+            if data is None:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return  # it died: the supervisor sees end of file
+
+    def close(self) -> None:
+        self.out.put(None)
+        self.writer.join(5)
+        self.sock.close()
+
+
 class HealthChecker:
     def __init__(self, state_dir: str, ifname: str, on_change: Callable[[str], None]) -> None:
         self.state_dir = state_dir
@@ -89,8 +131,9 @@ class HealthChecker:
         # rebuild every VIP's ring again and again. Later, a new check starts down.
         self._optimistic = not doc
         saved = doc.get("checks", {})
-        # Verdicts by Check.key. Written by the checker thread only; the main thread
-        # reads single keys (atomic dict lookups).
+        # Verdicts by Check.key: the daemon's copy, which the applies use. Written
+        # under _lock (main thread: configure; supervisor: transitions); read with
+        # single dict lookups.
         self.states: Dict[str, HealthState] = {}
         for key, rec in saved.items() if isinstance(saved, dict) else ():
             st = state_from_dict(rec) if isinstance(rec, dict) else None
@@ -99,50 +142,51 @@ class HealthChecker:
         self.restored = len(self.states)
         # Checks per Vip object: the config parser hands back the same Vip for an
         # unchanged VIP, so only changed VIPs are walked again.
-        self._memo: Dict[int, Tuple[Vip, Tuple[Tuple[IPAddress, Check], ...]]] = {}
+        self._memo: Dict[int, Tuple[Vip, VipChecks]] = {}
         self._memo_lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-        # Loop-thread state.
-        self._users: Dict[Check, List[RealId]] = {}
-        self._timers: Dict[Check, asyncio.TimerHandle] = {}
-        self._due: Dict[Check, float] = {}
-        self._avoid: Set[IPAddress] = set()  # VIP addresses: never a source
-        self._sources: Dict[IPAddress, Optional[IPAddress]] = {}
-        self._prober: Optional[TcpDsrProber] = None
-        self._prober_error = ""
+        self._intern: Dict[Check, Check] = {}
+        self._lock = threading.Lock()
+        self._vips: Dict[VipKey, Tuple[Vip, VipChecks]] = {}  # as last configured
+        self._uses: Dict[str, int] = {}  # check key -> (VIP, real) pairs using it
+        self._configured = False
         self._effective: Optional[Effective] = None
-        self._dirty = False
-        self._save_handle: Optional[asyncio.Handle] = None
-        self._last_save = 0.0
-        self._save_cost = 0.0
-        self._tasks: Set[asyncio.Task[None]] = set()
-        # For the benchmark and the exporter: how late each probe left (s), counts.
-        self.lateness: Deque[float] = collections.deque(maxlen=JITTER_SAMPLES)
-        self.probes_total: Dict[str, int] = {"ok": 0, "failed": 0}
+        # What the running child has been told (reset when one starts).
+        self._child: Optional[_Child] = None
+        self._sent_vips: Dict[VipKey, Vip] = {}
+        self._sent_reals: Dict[RealId, Tuple[str, str, str]] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="health", daemon=True)
+        self.restarts = 0
+        self.pid = 0  # the checker's, while one runs
 
     # -- called from the main thread --------------------------------------------------
 
     def start(self) -> None:
-        # Two busy threads share one GIL: each blocking call (a bpf() syscall of an
-        # apply, a socket call of a probe) gives it up and then waits up to a switch
-        # interval to get it back. 5 ms (the default) made reloads and probe starts
-        # convoy behind each other; 0.5 ms keeps both moving (bench/health.py).
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            child = self._child
+            if child is not None:
+                child.send({"op": "stop"})
+        if child is not None:
+            try:
+                child.proc.wait(STOP_WAIT_S)  # it saves health.json first
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._shutdown)
-            self._thread.join(10)
+            self._thread.join(STOP_WAIT_S)
 
-    def checks_of(self, vip: Vip) -> Tuple[Tuple[IPAddress, Check], ...]:
+    def checks_of(self, vip: Vip) -> VipChecks:
         with self._memo_lock:
             hit = self._memo.get(id(vip))
             if hit is not None and hit[0] is vip:
                 return hit[1]
-        checks = checks_of(vip)
         with self._memo_lock:
+            # One object per distinct check, however many VIPs share it (a Check and
+            # its Probe are ~1 KB; 16,000 pairs over 4000 endpoints in the benchmark).
+            checks = tuple((ip, self._intern.setdefault(c, c)) for ip, c in checks_of(vip))
             self._memo[id(vip)] = (vip, checks)
         return checks
 
@@ -153,222 +197,214 @@ class HealthChecker:
                         "up" if self._optimistic else "down")
 
     def configure(self, cfg: Config) -> None:
-        """Run the checks of cfg from now on; returns at once."""
-        pairs = [(v, self.checks_of(v)) for v in cfg.vips]
+        """Run the checks of cfg from now on; returns at once. Only VIPs whose object
+        changed are looked at, here and in the checker."""
         with self._memo_lock:  # forget VIPs that are gone
             keep = {id(v) for v in cfg.vips}
             for k in [k for k in self._memo if k not in keep]:
                 del self._memo[k]
-        self._loop.call_soon_threadsafe(self._configure, pairs)
+        with self._lock:
+            gone_checks: List[Check] = []
+            new_checks: List[Check] = []
+            seen: Set[VipKey] = set()
+            for v in cfg.vips:
+                seen.add(v.key)
+                prev = self._vips.get(v.key)
+                if prev is not None and prev[0] is v:
+                    continue
+                checks = self.checks_of(v)
+                if prev is not None:
+                    gone_checks.extend(self._unuse(prev[1]))
+                new_checks.extend(self._use(checks))
+                self._vips[v.key] = (v, checks)
+            for key in [k for k in self._vips if k not in seen]:
+                gone_checks.extend(self._unuse(self._vips.pop(key)[1]))
+            gone = [c for c in gone_checks if c.key not in self._uses]
+            added = {c.key: c for c in new_checks if c.key in self._uses}
+            if gone or added:
+                states = {k: st for k, st in self.states.items() if k in self._uses}
+                states.update(carry(gone, added.values(), self.states, self._optimistic))
+                self.states = states
+            self._optimistic = False
+            self._configured = True
+            if self._child is not None:
+                self._send_vips(self._child)
 
     def publish(self, eff: Effective) -> None:
         """The Effective just applied, for the per-real part of health.json."""
-        self._loop.call_soon_threadsafe(self._publish, eff)
+        with self._lock:
+            self._effective = eff
+            if self._child is not None:
+                self._send_reals(self._child, eff)
 
-    # -- the loop thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
-
-    def _shutdown(self) -> None:
-        for h in self._timers.values():
-            h.cancel()
-        self._timers.clear()
-        for t in self._tasks:
-            t.cancel()
-        if self._prober is not None:
-            self._prober.close()
-            self._prober = None
-        self._save()
-        self._loop.stop()
-
-    def _configure(self, pairs: List[Tuple[Vip, Tuple[Tuple[IPAddress, Check], ...]]]) -> None:
-        users: Dict[Check, List[RealId]] = {}
-        for vip, checks in pairs:
-            for ip, c in checks:
-                users.setdefault(c, []).append((vip.key, ip))
-        self._avoid = {v.key.addr for v, _ in pairs}
-        self._sources.clear()
-        old = self._users
-        by_probe = {c.probe.key: self.states[c.key] for c in old if c.key in self.states}
-        for c in old:
-            if c not in users:
-                h = self._timers.pop(c, None)
-                if h is not None:
-                    h.cancel()
-                self._due.pop(c, None)
-        now = self._loop.time()
-        for c in users:
-            if c in old:
-                continue
-            if c.key not in self.states:
-                # Only the timing changed: keep the verdict. Else a new real starts down.
-                carried = by_probe.get(c.probe.key)
-                if carried is None:
-                    carried = new_state()
-                    if self._optimistic:
-                        carried = replace(carried, up=True)
-                self.states[c.key] = carried
-            due = now + random.uniform(0, min(c.interval, 1.0))
-            self._due[c] = due
-            self._timers[c] = self._loop.call_at(due, self._fire, c)
-        self._users = users
-        self._optimistic = False
-        live = {c.key for c in users}
-        for k in [k for k in self.states if k not in live]:
-            del self.states[k]
-        if any(c.probe.kind == TCP_DSR for c in users) and self._prober is None:
-            self._open_prober()
-        self._schedule_save(0.0)
-
-    def _open_prober(self) -> None:
-        try:
-            self._prober = TcpDsrProber(self.ifname, self._source)
-            self._prober.start(self._loop)
-            self._prober_error = ""
-        except OSError as e:
-            # Without CAP_NET_RAW: every DSR check fails, and says why.
-            self._prober_error = f"cannot open a raw socket on {self.ifname}: {e.strerror or e}"
-            log.error("health checks: %s (the DSR TCP check needs CAP_NET_RAW)",
-                      self._prober_error)
-
-    def _source(self, dest: IPAddress) -> Optional[IPAddress]:
-        if dest not in self._sources:
-            self._sources[dest] = rawsock.source_for(dest, self.ifname, self._avoid)
-        return self._sources[dest]
-
-    def _fire(self, c: Check) -> None:
-        now = self._loop.time()
-        due = self._due.get(c, now)
-        self.lateness.append(now - due)
-        nxt = due + c.interval
-        if nxt < now:  # far behind (a stall): do not fire a burst to catch up
-            nxt = now + c.interval
-        self._due[c] = nxt
-        self._timers[c] = self._loop.call_at(nxt, self._fire, c)
-        p = c.probe
-        if p.kind == TCP_DSR:
-            if self._prober is None:
-                self._on_result(c, Result(False, "tcp: " + (self._prober_error or "no prober"),
-                                          time.time()))
-            else:
-                self._prober.launch(p, lambda r: self._on_result(c, r))
-            return
-        if p.kind == TCP:
-            launch_connect(self._loop, p, self._source(p.addr), lambda r: self._on_result(c, r))
-            return
-        task = self._loop.create_task(self._socket_probe(c))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _socket_probe(self, c: Check) -> None:
-        self._on_result(c, await run_socket_probe(c.probe, self._source(c.probe.addr)))
-
-    def _on_result(self, c: Check, r: Result) -> None:
-        if c not in self._users:
-            return  # removed by a reload while the probe was out
-        self.probes_total["ok" if r.ok else "failed"] += 1
-        st = self.states.get(c.key) or new_state()
-        st, changed = observe(st, r, c.rise, c.fall)
-        self.states[c.key] = st
-        self._dirty = True
-        if not changed:
-            return
-        for vip, ip in self._users[c]:
-            line = transition_text(vip, ip, st, c)
-            if st.up:
-                log.info("%s", line)
-            else:
-                log.warning("%s", line)
-        self._schedule_save(0.0)
-        self.on_change("health")
-
-    def _publish(self, eff: Effective) -> None:
-        self._effective = eff
-        self._dirty = True
-        self._schedule_save(0.0)
-
-    def _schedule_save(self, delay: float) -> None:
-        if self._save_handle is not None:
-            if delay > 0:
-                return
-            self._save_handle.cancel()
-        # Coalesce: never more than ~5% of the time spent writing the file.
-        gap = max(delay, self._last_save + 20 * self._save_cost - time.monotonic())
-        self._save_handle = self._loop.call_later(max(0.0, gap), self._save_and_rearm)
-
-    def _save_and_rearm(self) -> None:
-        self._save_handle = None
-        if self._dirty:
-            self._save()
-        self._schedule_save(REFRESH_S)
-
-    def _save(self) -> None:
-        t0 = time.monotonic()
-        self._dirty = False
-        try:
-            write_health(self.state_dir, self.document())
-        except OSError as e:
-            log.error("cannot write %s: %s", state_path(self.state_dir), e)
-        self._last_save = time.monotonic()
-        self._save_cost = self._last_save - t0
-
-    def document(self) -> Dict[str, Any]:
-        """health.json: every check's verdict, and each real as last applied."""
-        reals: List[Dict[str, Any]] = []
-        failing: List[str] = []
-        eff = self._effective
-        check_of: Dict[RealId, str] = {}
-        for c, users in self._users.items():
-            for u in users:
-                check_of[u] = c.key
-        if eff is not None:
-            failing = sorted(str(k) for k in eff.failing_open)
-            for (vip, ip), rs in eff.reals.items():
-                rec: Dict[str, Any] = {"vip": str(vip.addr), "port": vip.port,
-                                       "protocol": vip.proto, "ip": str(ip),
-                                       "health": rs.health, "state": rs.state}
-                if rs.reason:
-                    rec["reason"] = rs.reason
-                key = check_of.get((vip, ip))
-                if key is not None:
-                    rec["check"] = key
-                reals.append(rec)
-        late = sorted(self.lateness)
-
-        def pct(p: float) -> float:
-            return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 2) if late else 0.0
-
-        stats = {"probes": dict(self.probes_total), "checks": len(self._users),
-                 "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
-                                 "samples": len(late)}}
-        return {"version": STATE_VERSION, "written_at": time.time(), "stats": stats,
-                "checks": {k: state_to_dict(st) for k, st in self.states.items()},
-                "failing_open": failing, "reals": reals}
+    def results(self) -> Tuple[Mapping[str, HealthState], Dict[str, int]]:
+        """Every check's state with its last result, and probe counts, as of the
+        checker's last write of health.json (at most ~2 s old); the verdicts are the
+        daemon's own, current ones."""
+        doc = read_health(self.state_dir)
+        out: Dict[str, HealthState] = {}
+        saved = doc.get("checks", {})
+        for key, st in self.states.items():
+            rec = saved.get(key)
+            last = state_from_dict(rec) if isinstance(rec, dict) else None
+            out[key] = st if last is None or last.up != st.up else last
+        probes = doc.get("stats", {}).get("probes", {})
+        return out, {"ok": int(probes.get("ok", 0)), "failed": int(probes.get("failed", 0))}
 
     def snapshot(self) -> Mapping[str, HealthState]:
-        return dict(self.states)
+        return self.results()[0]
+
+    # -- what the child is told (under _lock) -----------------------------------------
+
+    def _use(self, checks: VipChecks) -> List[Check]:
+        out = []
+        for _ip, c in checks:
+            n = self._uses.get(c.key, 0)
+            self._uses[c.key] = n + 1
+            if not n:
+                out.append(c)
+        return out
+
+    def _unuse(self, checks: VipChecks) -> List[Check]:
+        out = []
+        for _ip, c in checks:
+            n = self._uses[c.key] - 1
+            if n:
+                self._uses[c.key] = n
+            else:
+                del self._uses[c.key]
+                with self._memo_lock:
+                    self._intern.pop(c, None)
+                out.append(c)
+        return out
+
+    def _send_vips(self, child: _Child) -> None:
+        sets, dels = [], []
+        for key, (v, checks) in self._vips.items():
+            if self._sent_vips.get(key) is not v:
+                sets.append(vip_checks_to_wire(key, checks))
+                self._sent_vips[key] = v
+        for key in [k for k in self._sent_vips if k not in self._vips]:
+            del self._sent_vips[key]
+            dels.append(vipkey_to_wire(key))
+        if sets or dels:
+            child.send({"op": "vips", "set": sets, "del": dels})
+
+    def _send_reals(self, child: _Child, eff: Effective) -> None:
+        sets, dels = [], []
+        sent = self._sent_reals
+        for rid, rs in eff.reals.items():
+            now = (rs.health, rs.state, rs.reason)
+            if sent.get(rid) != now:
+                sent[rid] = now
+                sets.append([vipkey_to_wire(rid[0]), str(rid[1]), *now])
+        if len(sent) > len(eff.reals):
+            for rid in [r for r in sent if r not in eff.reals]:
+                del sent[rid]
+                dels.append([vipkey_to_wire(rid[0]), str(rid[1])])
+        child.send({"op": "reals", "set": sets, "del": dels,
+                    "failing_open": sorted(str(k) for k in eff.failing_open)})
+
+    # -- the supervisor thread ----------------------------------------------------------
+
+    def _spawn(self) -> _Child:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_DROP}
+        argv = [sys.executable, "-m", CHILD_MODULE, "--fd", str(theirs.fileno()),
+                "--parent", str(os.getpid()), "--interface", self.ifname,
+                "--state-dir", self.state_dir]
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env,
+                                    stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        child = _Child(proc, ours)
+        with self._lock:
+            # A new checker starts from the daemon's verdicts, then gets everything.
+            child.send({"op": "init", "optimistic": not self._configured and self._optimistic,
+                        "states": {k: state_to_dict(st) for k, st in self.states.items()}})
+            self._sent_vips, self._sent_reals = {}, {}
+            self._send_vips(child)
+            if self._effective is not None:
+                self._send_reals(child, self._effective)
+            self._child = child
+            self.pid = proc.pid
+        return child
+
+    def _supervise(self) -> None:
+        delay = RESTART_MIN_S
+        while not self._stopping.is_set():
+            t0 = time.monotonic()
+            try:
+                child = self._spawn()
+            except OSError as e:
+                log.error("health checks: cannot start the checker: %s; retrying in %.0f s",
+                          e, delay)
+            else:
+                self._read(child)
+                with self._lock:
+                    self._child = None
+                    self.pid = 0
+                child.close()
+                try:
+                    code = child.proc.wait(STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    code = child.proc.wait()
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                if time.monotonic() - t0 > RESTART_MAX_S:
+                    delay = RESTART_MIN_S
+                log.error("health checks: the checker (pid %d) exited with %s; restarting it "
+                          "in %.1f s (verdicts keep their last state meanwhile)", child.proc.pid,
+                          f"signal {-code}" if code < 0 else f"status {code}", delay)
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    def _read(self, child: _Child) -> None:
+        buf = b""
+        while True:
+            try:
+                data = child.sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line:
+                    self._handle(json.loads(line))
+
+    def _handle(self, msg: Dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "log":
+            log.log(int(msg["level"]), "%s", msg["msg"])
+        elif op == "verdicts":
+            changed = False
+            with self._lock:
+                states = self.states
+                for key, rec in msg["states"].items():
+                    st = state_from_dict(rec)
+                    if st is None or key not in self._uses:
+                        continue  # a check a later configure dropped
+                    old = states.get(key)
+                    states[key] = st
+                    # A key without a state read as down (verdicts(), after the first
+                    # configure).
+                    changed = changed or (old.up if old is not None else False) != st.up
+            if changed:
+                self.on_change("health")
 
 
-def write_health(state_dir: str, doc: Dict[str, Any]) -> None:
-    """Atomically: a reader or a restart sees the old file or the new one."""
+def write_health(state_dir: str, pieces: Iterable[str]) -> None:
+    """health.json from its text in pieces; atomically: a reader or a restart sees the
+    old file or the new one."""
     os.makedirs(state_dir, exist_ok=True)
     path = state_path(state_dir)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        # Piecewise, so the main thread gets the GIL between pieces of a big file.
-        f.write(f'{{"version": {doc["version"]}, "written_at": {json.dumps(doc["written_at"])}, '
-                f'"stats": {json.dumps(doc["stats"])}, '
-                f'"failing_open": {json.dumps(doc["failing_open"])},\n"checks": {{')
-        first = True
-        for k, v in doc["checks"].items():
-            f.write(("" if first else ",\n") + json.dumps(k) + ": " + json.dumps(v))
-            first = False
-        f.write('},\n"reals": [')
-        f.write(",\n".join(json.dumps(r) for r in doc["reals"]))
-        f.write("]}\n")
+        f.write("".join(pieces))
     os.replace(tmp, path)

@@ -240,7 +240,7 @@ class XdplbCollector:
                                  "succeeded", labels=lab)
         last_at = GaugeMetricFamily("xdplb_real_last_check_timestamp_seconds",
                                     "When the real's last check finished", labels=lab)
-        states = hc.snapshot()
+        states, probe_counts = hc.results()
         for v in cfg.vips:
             for r in v.reals:
                 c = check_of(v.key, r)
@@ -262,7 +262,7 @@ class XdplbCollector:
         yield fo
         probes = CounterMetricFamily("xdplb_health_probes", "Health probes sent, by result",
                                      labels=["result"])
-        for result, n in hc.probes_total.items():
+        for result, n in probe_counts.items():
             probes.add_metric([result], n)
         yield probes
 

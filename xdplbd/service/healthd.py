@@ -1,0 +1,479 @@
+"""The health checker process: every probe of the daemon's checks, on one asyncio loop.
+
+`python -m xdplbd.service.healthd --fd N --parent PID --interface IF --state-dir D`,
+started by the daemon (service/health.py), never by hand. It runs in its own
+process so that thousands of probes a second and a reload never wait for each
+other's GIL (one thread did: reload p99 ~300 ms, up to 1.5 s on a loaded
+machine; bench/health.py).
+
+It speaks JSON lines on the socket N (core/healthwire.py encodes the values):
+
+  daemon -> checker
+    {"op": "init", "optimistic": bool, "states": {check key: state}}   first, once
+    {"op": "vips", "set": [[vipkey, [[ip, check], ...]], ...], "del": [vipkey, ...]}
+    {"op": "reals", "set": [[vipkey, ip, health, state, reason], ...],
+     "del": [[vipkey, ip], ...], "failing_open": [text, ...]}
+    {"op": "stop"}
+  checker -> daemon
+    {"op": "verdicts", "states": {check key: state}}   transitions, and the states of
+                                                       checks a "vips" message added
+    {"op": "log", "level": n, "msg": text}             the daemon logs it (one log path)
+
+The daemon owns the verdicts it applies; this process owns the probing and
+<state-dir>/health.json (verdicts, last results, each real as last applied).
+It exits, saving health.json first, on "stop", on end of file (the daemon is
+gone) and on SIGTERM (PR_SET_PDEATHSIG sends it if the daemon dies first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import ctypes
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from xdplbd.core.health import (
+    TCP,
+    TCP_DSR,
+    Check,
+    HealthState,
+    Result,
+    carry,
+    new_state,
+    observe,
+    state_from_dict,
+    state_to_dict,
+    transition_text,
+)
+from xdplbd.core.healthwire import vip_checks_from_wire, vipkey_from_wire
+from xdplbd.core.model import IPAddress, VipKey
+from xdplbd.kernel import rawsock
+from xdplbd.service.health import STATE_VERSION, state_path, write_health
+from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
+
+log = logging.getLogger("xdplbd")
+
+# health.json is rewritten at once after a transition (it holds the verdicts a
+# restart resumes from); last results alone are written at most this often, and
+# never more than ~5% of the time it takes to write the file.
+REFRESH_S = 2.0
+JITTER_SAMPLES = 100_000
+SLICE = 256  # health.json records rendered between two turns of the loop
+PR_SET_PDEATHSIG = 1
+# (VIP address, port, protocol, real IP) as text: how health.json names a real.
+RealText = Tuple[str, int, str, str]
+
+
+class Channel:
+    """The socket to the daemon: whole lines in, buffered non-blocking lines out (a
+    daemon busy applying must never stall the probes)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop, self.sock = loop, sock
+        sock.setblocking(False)
+        self._in = bytearray()
+        self._out = bytearray()
+        self._writing = False
+
+    def send(self, msg: Dict[str, Any]) -> None:
+        self._out += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self._out:
+                n = self.sock.send(self._out)
+                del self._out[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._out.clear()  # the daemon is gone; the reader sees EOF and we stop
+        if self._out and not self._writing:
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+            self._writing = True
+        elif not self._out and self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+            self._writing = False
+
+    def read(self) -> Optional[List[bytes]]:
+        """Complete lines received so far; None at end of file."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        self._in += data
+        end = self._in.rfind(b"\n")
+        if end < 0:
+            return []
+        lines = bytes(self._in[:end]).split(b"\n")
+        del self._in[:end + 1]
+        return lines
+
+
+class ToDaemon(logging.Handler):
+    """Log records go to the daemon, which logs them where its own lines go."""
+
+    def __init__(self, chan: Channel) -> None:
+        super().__init__()
+        self.chan = chan
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.chan.send({"op": "log", "level": record.levelno, "msg": record.getMessage()})
+
+
+class Checker:
+    def __init__(self, loop: asyncio.AbstractEventLoop, chan: Channel, state_dir: str,
+                 ifname: str) -> None:
+        self._loop, self.chan = loop, chan
+        self.state_dir, self.ifname = state_dir, ifname
+        self.states: Dict[str, HealthState] = {}
+        self._optimistic = False
+        self._vips: Dict[VipKey, Tuple[Tuple[IPAddress, Check], ...]] = {}
+        self._users: Dict[Check, List[Tuple[VipKey, IPAddress]]] = {}
+        self._intern: Dict[Check, Check] = {}  # the one object of each distinct check
+        self._timers: Dict[Check, asyncio.TimerHandle] = {}
+        self._due: Dict[Check, float] = {}
+        self._avoid: Set[IPAddress] = set()  # VIP addresses: never a source
+        self._sources: Dict[IPAddress, Optional[IPAddress]] = {}
+        self._prober: Optional[TcpDsrProber] = None
+        self._prober_error = ""
+        # Each real as last applied by the daemon: (health, state, reason).
+        self._reals: Dict[RealText, Tuple[str, str, str]] = {}
+        self._failing: List[str] = []
+        self._changed: Dict[str, HealthState] = {}  # verdicts not yet sent
+        self._dirty = False
+        self._save_handle: Optional[asyncio.Handle] = None
+        self._save_task: Optional[asyncio.Task[None]] = None
+        self._save_again = False  # a transition came while a save was being rendered
+        self._last_save = 0.0
+        self._save_cost = 0.0
+        self._tasks: Set[asyncio.Task[None]] = set()
+        # For the benchmark and the exporter: how late each probe left (s), counts.
+        self.lateness: Deque[float] = collections.deque(maxlen=JITTER_SAMPLES)
+        self.probes_total: Dict[str, int] = {"ok": 0, "failed": 0}
+        self.stopped = asyncio.Event()
+
+    # -- messages from the daemon ---------------------------------------------------------
+
+    def on_readable(self) -> None:
+        lines = self.chan.read()
+        if lines is None:
+            self.stop()  # the daemon is gone
+            return
+        for line in lines:
+            if line:
+                self.handle(json.loads(line))
+
+    def handle(self, msg: Dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "init":
+            self._optimistic = bool(msg["optimistic"])
+            for key, saved in msg["states"].items():
+                st = state_from_dict(saved)
+                if st is not None:
+                    self.states[key] = st
+        elif op == "vips":
+            dels = [vipkey_from_wire(w) for w in msg["del"]]
+            sets = []
+            for w in msg["set"]:
+                vk, checks = vip_checks_from_wire(w)
+                # One object per distinct check, however many VIPs share it.
+                sets.append((vk, tuple((ip, self._intern.setdefault(c, c)) for ip, c in checks)))
+            self._configure(dels, sets)
+        elif op == "reals":
+            for vk, ip in msg["del"]:
+                self._reals.pop((vk[0], vk[1], vk[2], ip), None)
+            for vk, ip, health, state, reason in msg["set"]:
+                self._reals[(vk[0], vk[1], vk[2], ip)] = (health, state, reason)
+            self._failing = list(msg["failing_open"])
+            self._dirty = True
+            self._schedule_save(0.0)
+        elif op == "stop":
+            self.stop()
+
+    def stop(self) -> None:
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        for t in self._tasks:
+            t.cancel()
+        if self._prober is not None:
+            self._prober.close()
+            self._prober = None
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+        if self._save_task is not None:
+            self._save_task.cancel()
+        self._save()
+        self.stopped.set()
+
+    # -- the checks -------------------------------------------------------------------------
+
+    def _configure(self, dels: List[VipKey],
+                   sets: List[Tuple[VipKey, Tuple[Tuple[IPAddress, Check], ...]]]) -> None:
+        """VIPs gone (dels) and VIPs new or changed (sets): only checks that no VIP uses
+        any more stop, only checks that none used before start; the rest run on."""
+        users = self._users
+        touched: Set[Check] = set()
+        for _vk, checks in sets:
+            touched.update(c for _, c in checks)
+        for vk in [*dels, *(k for k, _ in sets)]:
+            for ip, c in self._vips.pop(vk, ()):
+                touched.add(c)
+                lst = users[c]
+                lst.remove((vk, ip))
+                if not lst:
+                    del users[c]
+        before = {c for c in touched if c in self._timers}
+        for vk, checks in sets:
+            self._vips[vk] = checks
+            for ip, c in checks:
+                users.setdefault(c, []).append((vk, ip))
+        gone = [c for c in before if c not in users]
+        added = [c for c in touched if c in users and c not in before]
+        for c in gone:
+            self._intern.pop(c, None)
+            h = self._timers.pop(c, None)
+            if h is not None:
+                h.cancel()
+            self._due.pop(c, None)
+        self._avoid = {vk.addr for vk in self._vips}
+        self._sources.clear()
+        # The same rule as the daemon's copy (core/health.py carry); the daemon is
+        # told the states of the added checks, which settles any race with a
+        # transition that was on its way.
+        carried = carry(gone, added, self.states, self._optimistic)
+        gone_keys = {c.key for c in gone}
+        self.states = {k: st for k, st in self.states.items() if k not in gone_keys}
+        self.states.update(carried)
+        now = self._loop.time()
+        for c in added:
+            due = now + random.uniform(0, min(c.interval, 1.0))
+            self._due[c] = due
+            self._timers[c] = self._loop.call_at(due, self._fire, c)
+            self._changed[c.key] = self.states[c.key]
+        self._optimistic = False
+        if self._changed:
+            self._send_verdicts()
+        if self._prober is None and any(c.probe.kind == TCP_DSR for c in added):
+            self._open_prober()
+        self._dirty = True
+        self._schedule_save(0.0)
+
+    def _open_prober(self) -> None:
+        try:
+            self._prober = TcpDsrProber(self.ifname, self._source)
+            self._prober.start(self._loop)
+            self._prober_error = ""
+        except OSError as e:
+            # Without CAP_NET_RAW: every DSR check fails, and says why.
+            self._prober_error = f"cannot open a raw socket on {self.ifname}: {e.strerror or e}"
+            log.error("health checks: %s (the DSR TCP check needs CAP_NET_RAW)",
+                      self._prober_error)
+
+    def _source(self, dest: IPAddress) -> Optional[IPAddress]:
+        if dest not in self._sources:
+            self._sources[dest] = rawsock.source_for(dest, self.ifname, self._avoid)
+        return self._sources[dest]
+
+    def _fire(self, c: Check) -> None:
+        now = self._loop.time()
+        due = self._due.get(c, now)
+        self.lateness.append(now - due)
+        nxt = due + c.interval
+        if nxt < now:  # far behind (a stall): do not fire a burst to catch up
+            nxt = now + c.interval
+        self._due[c] = nxt
+        self._timers[c] = self._loop.call_at(nxt, self._fire, c)
+        p = c.probe
+        if p.kind == TCP_DSR:
+            if self._prober is None:
+                self._on_result(c, Result(False, "tcp: " + (self._prober_error or "no prober"),
+                                          time.time()))
+            else:
+                self._prober.launch(p, lambda r: self._on_result(c, r))
+            return
+        if p.kind == TCP:
+            launch_connect(self._loop, p, self._source(p.addr), lambda r: self._on_result(c, r))
+            return
+        task = self._loop.create_task(self._socket_probe(c))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _socket_probe(self, c: Check) -> None:
+        self._on_result(c, await run_socket_probe(c.probe, self._source(c.probe.addr)))
+
+    def _on_result(self, c: Check, r: Result) -> None:
+        if c not in self._users:
+            return  # removed by a reload while the probe was out
+        self.probes_total["ok" if r.ok else "failed"] += 1
+        st = self.states.get(c.key) or new_state()
+        st, changed = observe(st, r, c.rise, c.fall)
+        self.states[c.key] = st
+        self._dirty = True
+        if not changed:
+            return
+        for vip, ip in self._users[c]:
+            line = transition_text(vip, ip, st, c)
+            if st.up:
+                log.info("%s", line)
+            else:
+                log.warning("%s", line)
+        if not self._changed:  # one message for the transitions of one loop pass
+            self._loop.call_soon(self._send_verdicts)
+        self._changed[c.key] = st
+        self._schedule_save(0.0)
+
+    def _send_verdicts(self) -> None:
+        if self._changed:
+            self.chan.send({"op": "verdicts",
+                            "states": {k: state_to_dict(st) for k, st in self._changed.items()}})
+            self._changed = {}
+
+    # -- health.json ----------------------------------------------------------------------
+
+    def _schedule_save(self, delay: float) -> None:
+        if self._save_task is not None:
+            self._save_again = self._save_again or delay == 0
+            return
+        if self._save_handle is not None:
+            if delay > 0:
+                return
+            self._save_handle.cancel()
+        # Coalesce: never more than ~5% of the time spent writing the file.
+        gap = max(delay, self._last_save + 20 * self._save_cost - time.monotonic())
+        self._save_handle = self._loop.call_later(max(0.0, gap), self._save_and_rearm)
+
+    def _save_and_rearm(self) -> None:
+        self._save_handle = None
+        if not self._dirty:
+            self._schedule_save(REFRESH_S)
+            return
+        task = self._loop.create_task(self._save_async())
+        self._save_task = task
+
+        def done(_t: asyncio.Task[None]) -> None:
+            self._save_task = None
+            again, self._save_again = self._save_again, False
+            self._schedule_save(0.0 if again else REFRESH_S)
+
+        task.add_done_callback(done)
+
+    async def _save_async(self) -> None:
+        """Render health.json a slice at a time, giving the loop back between slices:
+        a whole file at 1000 VIPs x 16 reals takes 100+ ms of CPU, which as one piece
+        made every probe due meanwhile late by as much (the jitter p99)."""
+        self._dirty = False
+        busy, t = 0.0, time.monotonic()
+        pieces: List[str] = []
+        for n, piece in enumerate(self._pieces()):
+            pieces.append(piece)
+            if n % SLICE == SLICE - 1:
+                busy += time.monotonic() - t
+                await asyncio.sleep(0)
+                t = time.monotonic()
+        try:
+            write_health(self.state_dir, pieces)
+        except OSError as e:
+            log.error("cannot write %s: %s", state_path(self.state_dir), e)
+        busy += time.monotonic() - t
+        self._last_save, self._save_cost = time.monotonic(), busy
+
+    def _save(self) -> None:
+        """At once, in one piece (on the way out)."""
+        self._dirty = False
+        try:
+            write_health(self.state_dir, self._pieces())
+        except OSError as e:
+            log.error("cannot write %s: %s", state_path(self.state_dir), e)
+
+    def _pieces(self) -> Iterator[str]:
+        """health.json's text, one record a piece: every check's verdict, and each real
+        as last applied. Reads copies, so a reload between two slices is harmless."""
+        states = list(self.states.items())
+        users = list(self._users.items())
+        reals = list(self._reals.items())
+        late = sorted(self.lateness)
+
+        def pct(p: float) -> float:
+            return round(late[min(len(late) - 1, int(p * len(late)))] * 1000, 2) if late else 0.0
+
+        stats = {"probes": dict(self.probes_total), "checks": len(users), "pid": os.getpid(),
+                 "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0),
+                                 "samples": len(late)}}
+        yield (f'{{"version": {STATE_VERSION}, "written_at": {json.dumps(time.time())}, '
+               f'"stats": {json.dumps(stats)}, "failing_open": {json.dumps(self._failing)},'
+               '\n"checks": {')
+        for n, (key, st) in enumerate(states):
+            yield ("" if not n else ",\n") + json.dumps(key) + ": " + json.dumps(state_to_dict(st))
+        yield '},\n"reals": ['
+        check_of: Dict[RealText, str] = {}
+        for c, us in users:
+            for vk, ip in us:
+                check_of[(str(vk.addr), vk.port, vk.proto, str(ip))] = c.key
+            yield ""
+        for n, (rt, (health, state, reason)) in enumerate(reals):
+            rec: Dict[str, Any] = {"vip": rt[0], "port": rt[1], "protocol": rt[2], "ip": rt[3],
+                                   "health": health, "state": state}
+            if reason:
+                rec["reason"] = reason
+            ck = check_of.get(rt)
+            if ck is not None:
+                rec["check"] = ck
+            yield ("" if not n else ",\n") + json.dumps(rec)
+        yield "]}\n"
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the daemon dies, however it dies (and it may already have)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # end of file on the socket still stops us
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+async def serve(sock: socket.socket, state_dir: str, ifname: str) -> None:
+    loop = asyncio.get_running_loop()
+    chan = Channel(loop, sock)
+    log.addHandler(ToDaemon(chan))
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    checker = Checker(loop, chan, state_dir, ifname)
+    loop.add_reader(sock.fileno(), checker.on_readable)
+    loop.add_signal_handler(signal.SIGTERM, checker.stop)
+    loop.add_signal_handler(signal.SIGINT, checker.stop)
+    await checker.stopped.wait()
+    loop.remove_reader(sock.fileno())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="xdplbd-health", description=__doc__.split("\n")[0])
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    ap.add_argument("--interface", required=True)
+    ap.add_argument("--state-dir", required=True)
+    args = ap.parse_args(argv)
+    _die_with_parent(args.parent)
+    sock = socket.socket(fileno=args.fd)
+    asyncio.run(serve(sock, args.state_dir, args.interface))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
