@@ -165,12 +165,6 @@ CONFIG_CASES: Dict[str, bytes] = {
 }
 
 
-# Config reading is issue 14's (core/config.py): until it lands, a deeply nested file
-# is an internal error (one line, exit 70) and a huge one has no limit. Listed as such
-# in docs/bad-input.md; drop them from here when issue 14 is merged.
-PENDING_ISSUE_14 = {"deeply nested", "huge (64 MiB)"}
-
-
 def test_config_classes_answer_in_one_line(tmp_path_factory: pytest.TempPathFactory) -> None:
     """`xdplb check` on each malformed class: one line, no traceback. The messages are
     core/config.py's (issue 14 owns them); the doc lists each class."""
@@ -186,13 +180,17 @@ def test_config_classes_answer_in_one_line(tmp_path_factory: pytest.TempPathFact
     bad, rows = [], []
     for name, path in paths.items():
         r = run_cli(None, "check", path, timeout=120)
-        allowed = (0, 1, 70) if name in PENDING_ISSUE_14 else (0, 1)
-        if "Traceback" in r.stderr or r.returncode not in allowed:
+        if "Traceback" in r.stderr or r.returncode not in (0, 1):
             bad.append(f"{name}: exit {r.returncode}: {r.stderr[-300:]}")
         if f"| {name} |" not in doc:
             bad.append(f"docs/bad-input.md lacks config class {name!r}")
         msg = (r.stderr or r.stdout).strip().replace(str(base), "DIR")
-        rows.append(f"| {name} | {r.returncode} | {msg.splitlines()[0] if msg else ''} |")
+        row = f"| {name} | {r.returncode} | {msg.splitlines()[0] if msg else ''} |"
+        rows.append(row)
+        if len(msg.splitlines()) != 1:
+            bad.append(f"{name}: want one line, got {msg!r}")
+        if row not in doc:
+            bad.append(f"docs/bad-input.md lacks the row: {row}")
     out_file = os.environ.get("XDPLB_WRITE_BAD_INPUT")
     if out_file:
         with open(out_file + ".config", "w") as f:
