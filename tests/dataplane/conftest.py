@@ -61,15 +61,22 @@ def program() -> Iterator[loader.Program]:
         yield prog
 
 
-@pytest.fixture
-def dpx(program: loader.Program) -> Iterator[DataPlaneHarness]:
-    """A clean data plane (no VIPs, empty conntrack, zero counters) per test."""
+@contextlib.contextmanager
+def clean_dataplane(program: loader.Program) -> Iterator[DataPlaneHarness]:
+    """A clean data plane: no VIPs, empty conntrack, zero counters."""
     h = DataPlaneHarness(program, PIN_DIR)
     h.reset(LB_MAC)
     try:
         yield h
     finally:
         h.close()
+
+
+@pytest.fixture
+def dpx(program: loader.Program) -> Iterator[DataPlaneHarness]:
+    """A clean data plane per test."""
+    with clean_dataplane(program) as h:
+        yield h
 
 
 assert shutil.which("ip"), "iproute2 is required (scripts/bootstrap.sh installs it)"
@@ -92,9 +99,5 @@ def dpx_fuzz(program: loader.Program) -> Iterator[DataPlaneHarness]:
 @pytest.fixture(scope="module")
 def dpx_diff(program: loader.Program) -> Iterator[DataPlaneHarness]:
     """Module-scoped, for hypothesis's differential examples (each syncs its model)."""
-    h = DataPlaneHarness(program, PIN_DIR)
-    h.reset(LB_MAC)
-    try:
+    with clean_dataplane(program) as h:
         yield h
-    finally:
-        h.close()

@@ -27,6 +27,7 @@ from typing import Any, Callable, Collection, Dict, Iterator, List, Optional, Se
 from xdplbd.kernel.loader import remove_pins
 from xdplbd.lab.demo import LbDaemon, Wrk, WrkResult, iface_counters, lb_config, wait_for
 from xdplbd.lab.load import WrkPool
+from xdplbd.lab.longconn import read_response
 from xdplbd.lab.topology import IFNAME, NETNS_DIR, STATE_ROOT, Lab, LabSpec, in_netns
 from xdplbd.service.daemonize import alive as _pid_alive  # gone or a zombie: not alive
 
@@ -195,29 +196,6 @@ def _sockaddr(host: str, port: int) -> Tuple[int, Tuple[Any, ...]]:
     return socket.AF_INET, (host, port)
 
 
-def _read_response(s: socket.socket, buf: bytes = b"") -> Tuple[int, str, bytes]:
-    """One HTTP/1.1 response with a Content-Length: (status, body, leftover bytes)."""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed before the response headers")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = 0
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        if k.strip().lower() == "content-length":
-            length = int(v.strip())
-    while len(rest) < length:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed in the body")
-        rest += chunk
-    return status, rest[:length].decode().strip(), rest[length:]
-
-
 class KeepAlive:
     """One keep-alive HTTP connection from the client netns to host:port."""
 
@@ -237,7 +215,7 @@ class KeepAlive:
     def get(self) -> str:
         """GET / and return the body (the real's name); raises on any failure."""
         self.sock.sendall(f"GET / HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        status, body, self._buf = _read_response(self.sock, self._buf)
+        status, body, self._buf = read_response(self.sock, self._buf)
         if status != 200:
             raise RuntimeError(f"HTTP {status}")
         return body
@@ -255,7 +233,7 @@ def http_once(lab: Lab, host: str, port: int = 80, timeout: float = 3.0) -> str:
         s.settimeout(timeout)
         s.connect(addr)
         s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        status, body, _ = _read_response(s)
+        status, body, _ = read_response(s)
         if status != 200:
             raise RuntimeError(f"HTTP {status}")
         return body
@@ -305,7 +283,7 @@ def spread(lab: Lab, host: str, n: int, workers: int = 8,
                 else:
                     try:
                         s.sendall(request)
-                        status, name, _ = _read_response(s)
+                        status, name, _ = read_response(s)
                         what = "" if status == 200 else f"port {port}: HTTP {status}"
                     except (OSError, ValueError, IndexError) as e:
                         what = f"port {port}: request: {e!r}"

@@ -38,7 +38,7 @@ READY_TAG = "READY "
 RESULT_TAG = "RESULT "
 
 
-def _read_response(s: socket.socket, buf: bytes) -> Tuple[int, str, bytes]:
+def read_response(s: socket.socket, buf: bytes = b"") -> Tuple[int, str, bytes]:
     """One HTTP/1.1 response with a Content-Length: (status, body, leftover bytes)."""
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(4096)
@@ -154,7 +154,7 @@ class _Slot:
         t0 = time.monotonic()
         try:
             self.sock.sendall(self.request)
-            status, body, self.buf = _read_response(self.sock, self.buf)
+            status, body, self.buf = read_response(self.sock, self.buf)
             if status != 200:
                 raise ConnectionError(f"HTTP {status}")
         except (OSError, ValueError, IndexError) as e:
