@@ -441,18 +441,11 @@ class Daemon:
             n = self._apply(cfg, digest, trigger)
         except ConfigError as e:
             self._log_rejected(e)
-            self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "rejected",
-                                "error": str(e)}
-            self._write_state()
-            self.notifier.ready(f"config rejected, generation {self.generation} still live: "
-                                f"{e.errors[0].path or 'file'}: {e.errors[0].reason}")
+            self._reject(trigger, e, f"{e.errors[0].path or 'file'}: {e.errors[0].reason}")
             return False
         except (ConfigRejected, PlanError) as e:
             log.error("%s: rejected, previous config stays live: %s", self.opts.config, e)
-            self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "rejected",
-                                "error": str(e)}
-            self._write_state()
-            self.notifier.ready(f"config rejected, generation {self.generation} still live: {e}")
+            self._reject(trigger, e, str(e))
             return False
         ms = (time.monotonic() - t0) * 1000
         self._configure_health(cfg)
@@ -528,6 +521,15 @@ class Daemon:
         if n:
             log.debug("applied %d map operations after %s", n, ", ".join(sorted(set(reasons))))
         self.notifier.status(self._status())
+
+    def _reject(self, trigger: str, error: Exception, why: str) -> None:
+        """A rejected reload: the live config stays. The reload still re-announces, since
+        what it was asked for may be outside the file (`xdplb maintenance` signals one)."""
+        self.last_reload = {"at": now_iso(), "trigger": trigger, "result": "rejected",
+                            "error": str(error)}
+        self._announce()
+        self._write_state()
+        self.notifier.ready(f"config rejected, generation {self.generation} still live: {why}")
 
     def _check_restart_only(self, cfg: Config) -> None:
         """Settings baked into the program or the maps cannot change under it."""
