@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from xdplbd import __version__
 from xdplbd.cli.preflight import (
@@ -29,7 +29,7 @@ from xdplbd.cli.preflight import (
 )
 from xdplbd.cli.status import pinned_prog_ids
 from xdplbd.core import schema
-from xdplbd.core.announce import PROTOCOL_V4, PROTOCOL_V6, render_bird
+from xdplbd.core.announce import PROTOCOL_V4, PROTOCOL_V6
 from xdplbd.core.config import ConfigError
 from xdplbd.core.effective import Neighbour, effective
 from xdplbd.core.model import LiveState, VipKey
@@ -37,7 +37,7 @@ from xdplbd.core.plan import PlanError, make_plan, render_plan
 from xdplbd.kernel import libbpf, loader
 from xdplbd.kernel.snapshot import open_pinned, stats_json, take
 from xdplbd.service import bird, daemonize
-from xdplbd.service.announcer import set_maintenance
+from xdplbd.service.announcer import set_maintenance, withdraw
 from xdplbd.service.daemon import DEFAULT_CONFIG, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, read_config
 from xdplbd.service.statefile import read_state
 
@@ -93,23 +93,34 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if not pid_alive(pid):
         _err(f"no running xdplbd found (state in {args.state_dir})")
         return EXIT_FAIL
+    after = sighup_and_wait(args.state_dir, pid, state, args.timeout)
+    if after is None:
+        _err(f"xdplbd (pid {pid}) did not finish reloading within {args.timeout:.0f} s")
+        return EXIT_FAIL
+    last = after.get("last_reload", {})
+    if last.get("result") == "ok":
+        print(f"reloaded: generation {after.get('generation')}, "
+              f"{last.get('operations', 0)} map operations")
+        return EXIT_OK
+    print(f"reload rejected, previous config stays live:\n{last.get('error', '')}",
+          file=sys.stderr)
+    return EXIT_FAIL
+
+
+def sighup_and_wait(state_dir: str, pid: int, state: Dict[str, Any], timeout: float,
+                    done: Callable[[Dict[str, Any]], bool] = lambda _st: True
+                    ) -> Optional[Dict[str, Any]]:
+    """Make the daemon reload and wait until state.toml counts it and `done` holds; the
+    state then, or None on time-out. `state` is state.toml as read before the signal."""
     before = int(state.get("reloads", 0))
     os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = read_state(args.state_dir)
-        if int(state.get("reloads", 0)) > before:
-            last = state.get("last_reload", {})
-            if last.get("result") == "ok":
-                print(f"reloaded: generation {state.get('generation')}, "
-                      f"{last.get('operations', 0)} map operations")
-                return EXIT_OK
-            print(f"reload rejected, previous config stays live:\n{last.get('error', '')}",
-                  file=sys.stderr)
-            return EXIT_FAIL
+        state = read_state(state_dir)
+        if int(state.get("reloads", 0)) > before and done(state):
+            return state
         time.sleep(0.05)
-    _err(f"xdplbd (pid {pid}) did not finish reloading within {args.timeout:.0f} s")
-    return EXIT_FAIL
+    return None
 
 
 # --- status / stats --------------------------------------------------------------
@@ -154,8 +165,7 @@ def withdraw_all(announce: Dict[str, Any], timeout: float) -> Optional[str]:
     Returns None when done, else why not."""
     path, sock = str(announce.get("file", "")), str(announce.get("socket", ""))
     try:
-        bird.write_atomically(path, render_bird(()))
-        bird.configure(sock)
+        withdraw(path, sock)
         deadline = time.monotonic() + timeout
         while any(bird.route_count(sock, p) for p in (PROTOCOL_V4, PROTOCOL_V6)):
             if time.monotonic() > deadline:
@@ -174,22 +184,20 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     pid = int(state.get("pid", 0))
     word = "on: this node withdraws its VIPs" if on else "off: this node announces its VIPs"
     if pid_alive(pid):
-        before = int(state.get("reloads", 0))
-        os.kill(pid, signal.SIGHUP)  # the reload re-reads the flag and re-announces
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
-            state = read_state(args.state_dir)
-            a = state.get("announce") or {}
-            if int(state.get("reloads", 0)) > before and a.get("maintenance", on) == on:
-                if a.get("error"):
-                    _err(f"maintenance {args.state}, but BIRD did not take it: {a['error']}")
-                    return EXIT_FAIL
-                print(f"maintenance {word}" + ("" if a else
-                      " (no route announcement is configured)"))
-                return EXIT_OK
-            time.sleep(0.05)
-        _err(f"xdplbd (pid {pid}) did not apply maintenance within {args.timeout:.0f} s")
-        return EXIT_FAIL
+        # Any reload, applied or rejected, re-reads the flag and re-announces.
+        # (A reload that was already under way may finish first: wait for the flag.)
+        after = sighup_and_wait(
+            args.state_dir, pid, state, args.timeout,
+            lambda st: (st.get("announce") or {}).get("maintenance", on) == on)
+        if after is None:
+            _err(f"xdplbd (pid {pid}) did not apply maintenance within {args.timeout:.0f} s")
+            return EXIT_FAIL
+        a = after.get("announce") or {}
+        if a.get("error"):
+            _err(f"maintenance {args.state}, but BIRD did not take it: {a['error']}")
+            return EXIT_FAIL
+        print(f"maintenance {word}" + ("" if a else " (no route announcement is configured)"))
+        return EXIT_OK
     if on and isinstance(announce, dict) and announce.get("file"):
         why = withdraw_all(announce, args.timeout)
         if why:

@@ -42,6 +42,12 @@ def set_maintenance(state_dir: str, on: bool) -> None:
         os.unlink(path)
 
 
+def withdraw(fragment: str, socket: str) -> None:
+    """Empty the fragment and make BIRD re-read it (raises OSError or BirdError)."""
+    bird.write_atomically(fragment, render_bird(()))
+    bird.configure(socket)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
@@ -107,8 +113,7 @@ class Announcer:
         if new is not None and new.file == old.file:
             return
         try:
-            bird.write_atomically(old.file, render_bird(()))
-            bird.configure(old.socket)
+            withdraw(old.file, old.socket)
             log.info("route announcement: emptied %s (no longer configured)", old.file)
         except (OSError, bird.BirdError) as e:
             log.warning("route announcement: cannot empty the old %s: %s", old.file, e)
