@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from xdplbd.cli.status import vip_name
 from xdplbd.core import frames
 from xdplbd.core.config import ConfigError, read_config_file
 from xdplbd.core.effective import Neighbour, with_macs
@@ -266,8 +267,7 @@ def diagnose(cfg: Config, ifname: str, which: Optional[str] = None) -> List[Dict
 def render(vips: List[Dict[str, Any]]) -> str:
     lines = []
     for v in vips:
-        host = f"[{v['vip']}]" if ":" in v["vip"] else v["vip"]
-        lines.append(f"vip {host}:{v['port']}/{v['protocol']}: {'ok' if v['ok'] else 'FAIL'}")
+        lines.append(f"vip {vip_name(v)}: {'ok' if v['ok'] else 'FAIL'}")
         for r in v["reals"]:
             lines.append(f"  real {r['ip']} ({r['mac']}): {'ok' if r['ok'] else 'FAIL'}")
             for f in r["checks"]:

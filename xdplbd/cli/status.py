@@ -124,6 +124,13 @@ def _reals_from_config(state: Dict[str, Any]) -> Optional[Dict[Tuple[Any, ...], 
     }
 
 
+def vip_name(v: Dict[str, Any]) -> str:
+    """A VIP entry of the status document as str(VipKey) names it: "10.0.0.1:80/tcp",
+    "[fd00::1]:80/tcp" (the daemon keys its health and announcement records so)."""
+    host = f"[{v['vip']}]" if ":" in str(v["vip"]) else str(v["vip"])
+    return f"{host}:{v['port']}/{v['protocol']}"
+
+
 def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) -> Dict[str, Any]:
     """The `status --json` document. VIPs come from the maps when the data plane is
     pinned (they are the truth), else from state.toml (what was last applied)."""
@@ -143,8 +150,7 @@ def status_data(pin_dir: str, state_dir: str, dp: Optional[DataPlane] = None) ->
     last = state.get("last_reload")
     announce = state.get("announce") if isinstance(state.get("announce"), dict) else None
     for v in vips:
-        host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
-        per_vip = (announce or {}).get("vips", {}).get(f"{host}:{v['port']}/{v['protocol']}")
+        per_vip = (announce or {}).get("vips", {}).get(vip_name(v))
         v["announce"] = dict(per_vip) if isinstance(per_vip, dict) else None
     world = neighbour_status(state, vips)
     return {
@@ -196,8 +202,7 @@ def add_health(vips: List[Dict[str, Any]], doc: Dict[str, Any]) -> None:
     by_real = {(r.get("vip"), r.get("port"), r.get("protocol"), r.get("ip")): r
                for r in doc.get("reals", [])}
     for v in vips:
-        key = f"[{v['vip']}]" if ":" in str(v["vip"]) else str(v["vip"])
-        v["failing_open"] = f"{key}:{v['port']}/{v['protocol']}" in failing
+        v["failing_open"] = vip_name(v) in failing
         for r in v["reals"]:
             rec = by_real.get((v["vip"], v["port"], v["protocol"], r["ip"]), {})
             st = checks.get(rec.get("check", ""), {})
@@ -275,13 +280,12 @@ def render_text(data: Dict[str, Any]) -> str:
             lines.append(f"  problem: {a['error']}")
     lines.append(f"VIPs:        {len(data['vips'])}")
     for v in data["vips"]:
-        host = f"[{v['vip']}]" if ":" in str(v["vip"]) else v["vip"]
         ann = v.get("announce")
         why = ""
         if ann:
             why = f"  [{ann.get('state')}{': ' + ann['reason'] if ann.get('reason') else ''}]"
         fo = "  all reals down: failing open" if v.get("failing_open") else ""
-        lines.append(f"  {host}:{v['port']}/{v['protocol']}  ({len(v['reals'])} reals){fo}{why}")
+        lines.append(f"  {vip_name(v)}  ({len(v['reals'])} reals){fo}{why}")
         for r in v["reals"]:
             health = r.get("health", "unchecked")
             why = f" ({r['reason']})" if r.get("reason") else ""

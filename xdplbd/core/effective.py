@@ -70,14 +70,17 @@ def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[
 # texts and digests on the object (model.Vip), so a VIP whose effective reals did
 # not change must stay the same object from one apply to the next, or every reload
 # rebuilds every ring digest. One entry per VIP: pruned to the config's VIPs.
-_last_vip: Dict[VipKey, Vip] = {}
+_last_vip: Dict[VipKey, Tuple[Vip, Vip]] = {}  # key -> (the config's Vip, its effective one)
 
 
 def _vip(vip: Vip, reals: Tuple[Real, ...]) -> Vip:
-    """`vip` with these reals: the object built last time if it had the same."""
-    v = _last_vip.get(vip.key)
-    if v is None or v.reals != reals or replace(v, reals=vip.reals) != vip:
-        v = _last_vip[vip.key] = replace(vip, reals=reals)
+    """`vip` with these reals: the object built last time from an equal Vip, if its
+    reals were the same."""
+    last = _last_vip.get(vip.key)
+    if last is not None and last[1].reals == reals and (last[0] is vip or last[0] == vip):
+        return last[1]
+    v = replace(vip, reals=reals)
+    _last_vip[vip.key] = (vip, v)
     return v
 
 
