@@ -66,15 +66,22 @@ def _reload_latency(d: Daemon, n_vips: int) -> List[float]:
     cfgs = [parse_config(t, "bench") for t in texts]
     key = schema.pack_vip_key(cfgs[0].vips[0].key)
     digests = [desired_digest(c.vips[0], BIG.ring_size) for c in cfgs]
-    out = []
     with d.dataplane_for(BIG) as dp:
-        for i in range(EDITS):
-            which = (i + 1) % 2
-            t0 = time.perf_counter()
-            d.write_config(texts[which])
-            _wait_digest(dp, key, digests[which])
-            out.append((time.perf_counter() - t0) * 1000)
-            time.sleep(0.05)
+        return edit_latencies(d, dp, key, digests, texts)
+
+
+def edit_latencies(d: Daemon, dp: DataPlane, key: bytes, digests: List[int],
+                   texts: List[str], pause: float = 0.05) -> List[float]:
+    """ms from each config write to the VIP's new ring in the maps, alternating the
+    two texts (whose rings have the two digests) EDITS times."""
+    out = []
+    for i in range(EDITS):
+        which = (i + 1) % 2
+        t0 = time.perf_counter()
+        d.write_config(texts[which])
+        _wait_digest(dp, key, digests[which])
+        out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(pause)
     return out
 
 

@@ -24,9 +24,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from bench.control import _pct, _rss_kb, _wait_digest
+from bench.control import EDITS, _pct, _rss_kb, _wait_digest, edit_latencies
 from tests.daemon.conftest import PEER_IF, Daemon, Netns
 from xdplbd.core import schema
 from xdplbd.core.config import parse_config
@@ -35,7 +35,7 @@ from xdplbd.core.plan import desired_digest
 from xdplbd.service.health import read_health
 
 N_VIPS, REALS_PER_VIP, ENDPOINTS = 1000, 16, 4000
-EDITS = 50
+# EDITS: as the control-plane bench, whose edit loop this one uses
 STEADY_S = 20.0
 BIG = Tunables(max_vips=1024, max_reals=32768, conntrack_size=65536)
 CHECK = {"type": "tcp", "dsr": False, "interval": 1, "timeout": 0.5, "rise": 2, "fall": 3}
@@ -82,16 +82,6 @@ def _wait_all_up(d: Daemon, timeout: float = 120) -> float:
     raise TimeoutError(f"only {up} of {ENDPOINTS} endpoints up: {d.read_log()[-2000:]}")
 
 
-def _edits(d: Daemon, dp: Any, key: bytes, digests: List[int], texts: List[str]) -> List[float]:
-    lat: List[float] = []
-    for i in range(EDITS):
-        which = (i + 1) % 2
-        t1 = time.perf_counter()
-        d.write_config(texts[which])
-        _wait_digest(dp, key, digests[which])
-        lat.append((time.perf_counter() - t1) * 1000)
-        time.sleep(0.1)
-    return lat
 
 
 def run() -> Dict[str, Any]:
@@ -153,7 +143,7 @@ def run() -> Dict[str, Any]:
         key = schema.pack_vip_key(cfgs[0].vips[0].key)
         digests = [desired_digest(c.vips[0], BIG.ring_size) for c in cfgs]
         with d.dataplane_for(BIG) as dp:
-            res["reload_ms"] = _edits(d, dp, key, digests, texts)
+            res["reload_ms"] = edit_latencies(d, dp, key, digests, texts, pause=0.1)
             time.sleep(2.5)
             res["reload_stats"] = read_health(d.state_dir).get("stats", {})
             res["rss_after_kb"] = _rss_kb(pid)
@@ -161,7 +151,7 @@ def run() -> Dict[str, Any]:
             d.write_config(texts_off[0])  # every check stops
             _wait_digest(dp, key, digests[0])
             time.sleep(2.0)
-            res["reload_off_ms"] = _edits(d, dp, key, digests, texts_off)
+            res["reload_off_ms"] = edit_latencies(d, dp, key, digests, texts_off, pause=0.1)
         res["log_lines"] = len(d.read_log().splitlines())
     finally:
         d.stop()
