@@ -87,7 +87,7 @@ def test_configure_announces_and_withdraws(b: Bird) -> None:
 
 def test_last_resort_routes_carry_the_med(b: Bird) -> None:
     b.start()
-    d = decide(effective(CFG, {(KEY, REALS[0].ip): "down"}, {}), True, False)
+    d = decide(effective(CFG, {KEY: {REALS[0].ip: "down"}}, {}), True, False)
     bird.write_atomically(str(b.fragment), render_bird(d.routes))
     bird.configure(b.sock)
     out = "\n".join(t for _, t in bird.command(b.sock, f"show route protocol {PROTOCOL_V4} all"))

@@ -171,7 +171,7 @@ def test_verdicts_and_a_new_real_starts_down_unless_its_vip_has_no_up_real() -> 
     up = observe(new_state(0.0), Result(True, "", 1), 1, 1)[0]
     # Only real a has a verdict; b was just added by a reload: down, a takes the flows.
     v = verdicts(pairs, {ca.key: up})
-    assert v == {(vip.key, ip_a): "up", (vip.key, ip_b): "down"}
+    assert v == {vip.key: {ip_a: "up", ip_b: "down"}}
     eff = effective(cfg, v, {})
     assert {r.ip: r.weight for r in eff.config.vips[0].reals} == {ip_a: 1, ip_b: 0}
     # Both new (nothing up): the VIP fails open and both take flows.
@@ -180,7 +180,7 @@ def test_verdicts_and_a_new_real_starts_down_unless_its_vip_has_no_up_real() -> 
     assert {r.weight for r in eff.config.vips[0].reals} == {1}
     assert eff.config.vips[0].healthcheck == vip.healthcheck
     # A daemon's very first start (no saved state): unknown checks count as up.
-    assert set(verdicts(pairs, {}, "up").values()) == {"up"}
+    assert set(verdicts(pairs, {}, "up")[vip.key].values()) == {"up"}
 
 
 # -- frames -------------------------------------------------------------------------

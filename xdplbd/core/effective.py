@@ -17,11 +17,22 @@ Rules (DESIGN.md sections 1 and 5):
 * Fail-open: when a VIP with health checks has no real that is up, health is
   ignored for it and every weighted real with a MAC takes new flows.
   Dropping everything is never better.
+
+Each VIP's part is worked out on its own (VipEffective). Given the Effective it
+built last time, effective() reuses a VIP's part whenever that VIP's inputs are
+the very same objects as then: its config Vip (the parser hands back the same
+object for an unchanged VIP), its health verdicts and, if it has reals without a
+`mac`, the neighbour view. So a reload that edits one VIP of 1000 recomputes
+one, and the daemon's other consumers (the checker's copy, status) see the
+others unchanged by identity. The mappings are never mutated: a change is a new
+object (the daemon's views are built that way).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from types import MappingProxyType
 from typing import Dict, FrozenSet, Mapping, Optional, Tuple
 
 from xdplbd.core.model import Config, IPAddress, Real, Vip, VipKey
@@ -29,6 +40,10 @@ from xdplbd.core.model import Config, IPAddress, Real, Vip, VipKey
 UP, DOWN, UNCHECKED = "up", "down", "unchecked"
 ACTIVE, DRAINING, STATE_DOWN = "active", "draining", "down"
 RealId = Tuple[VipKey, IPAddress]
+# Per VIP, each checked real's verdict (up | down); a real absent is unchecked.
+VipHealth = Mapping[IPAddress, str]
+Health = Mapping[VipKey, VipHealth]
+NO_HEALTH: VipHealth = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -50,10 +65,37 @@ class RealStatus:
 
 
 @dataclass(frozen=True)
+class VipEffective:
+    """One VIP's part, and the inputs it was worked out from (compared by identity)."""
+
+    vip: Vip  # what the maps must hold for it
+    statuses: Tuple[Tuple[IPAddress, RealStatus], ...]  # every configured real, in order
+    failing_open: bool
+    source: Vip = field(repr=False, compare=False)  # the config's Vip
+    health: VipHealth = field(repr=False, compare=False)
+    uses_neigh: bool = field(repr=False, compare=False)  # it has reals without a mac
+
+
+@dataclass(frozen=True)
 class Effective:
     config: Config  # what the maps must hold
-    reals: Dict[RealId, RealStatus]
+    vips: Mapping[VipKey, VipEffective]
     failing_open: FrozenSet[VipKey]
+    neigh: Mapping[IPAddress, Neighbour] = field(repr=False, compare=False,
+                                                 default_factory=dict)
+
+    @cached_property
+    def reals(self) -> Dict[RealId, RealStatus]:
+        """Every real's status by (VIP, IP); built when first asked for."""
+        return {(key, ip): st for key, ve in self.vips.items() for ip, st in ve.statuses}
+
+
+def per_vip(flat: Mapping[RealId, str]) -> Dict[VipKey, Dict[IPAddress, str]]:
+    """{(VIP, real IP): verdict} in the per-VIP form that effective() takes."""
+    out: Dict[VipKey, Dict[IPAddress, str]] = {}
+    for (key, ip), h in flat.items():
+        out.setdefault(key, {})[ip] = h
+    return out
 
 
 def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[str], bool, str]:
@@ -66,28 +108,12 @@ def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[
     return n.mac, n.resolved, "neighbour" if n.resolved else "unresolved"
 
 
-# The last effective Vip object built for each VIP key: the plan memoises ring
-# texts and digests on the object (model.Vip), so a VIP whose effective reals did
-# not change must stay the same object from one apply to the next, or every reload
-# rebuilds every ring digest. One entry per VIP: pruned to the config's VIPs.
-_last_vip: Dict[VipKey, Tuple[Vip, Vip]] = {}  # key -> (the config's Vip, its effective one)
-
-
-def _vip(vip: Vip, reals: Tuple[Real, ...]) -> Vip:
-    """`vip` with these reals: the object built last time from an equal Vip, if its
-    reals were the same."""
-    last = _last_vip.get(vip.key)
-    if last is not None and last[1].reals == reals and (last[0] is vip or last[0] == vip):
-        return last[1]
-    v = replace(vip, reals=reals)
-    _last_vip[vip.key] = (vip, v)
-    return v
-
-
 def with_macs(cfg: Config, neigh: Mapping[IPAddress, Neighbour]) -> Config:
     """`cfg` with each MAC-less real's MAC from the neighbour table where one is known
     (the health checker's DSR probe is framed to it). The same object when nothing
     changes, so the checker sees the same checks."""
+    if not neigh:
+        return cfg
     vips = []
     for vip in cfg.vips:
         reals = tuple(
@@ -101,44 +127,63 @@ def with_macs(cfg: Config, neigh: Mapping[IPAddress, Neighbour]) -> Config:
     return replace(cfg, vips=tuple(vips))
 
 
-def effective(cfg: Config, health: Mapping[RealId, str],
-              neigh: Mapping[IPAddress, Neighbour]) -> Effective:
+def _vip_effective(vip: Vip, health: VipHealth, neigh: Mapping[IPAddress, Neighbour],
+                   last: Optional[VipEffective]) -> VipEffective:
+    macs = [_mac_of(r, neigh) for r in vip.reals]
+    checked = [health.get(r.ip, UNCHECKED) for r in vip.reals] if health else \
+        [UNCHECKED] * len(vip.reals)
+    fail_open = any(h != UNCHECKED for h in checked) and not any(
+        h == UP and r.weight > 0 and m[1] for r, h, m in zip(vip.reals, checked, macs))
+    statuses = []
+    reals = []
+    for real, h, (mac, resolved, source) in zip(vip.reals, checked, macs):
+        healthy = h != DOWN or fail_open
+        if not resolved:
+            state, reason = STATE_DOWN, "unresolved: " + (
+                neigh[real.ip].reason if real.ip in neigh else "no neighbour entry yet")
+        elif not healthy:
+            state, reason = STATE_DOWN, "health check failing"
+        else:
+            state, reason = (ACTIVE if real.weight else DRAINING), ""
+        statuses.append((real.ip, RealStatus(h, state, mac, source, reason)))
+        if mac is not None:
+            weight = real.weight if state == ACTIVE else 0
+            same = mac == real.mac and weight == real.weight
+            reals.append(real if same else replace(real, mac=mac, weight=weight))
+    kept = tuple(reals)
+    if kept == vip.reals:
+        eff_vip = vip
+    elif last is not None and last.vip.reals == kept and last.source == vip:
+        # The plan memoises ring texts and digests on the Vip object: the same
+        # effective reals as last time must be the same object, or every reload
+        # rebuilds the ring digest of every VIP with a real down.
+        eff_vip = last.vip
+    else:
+        eff_vip = replace(vip, reals=kept)
+    return VipEffective(eff_vip, tuple(statuses), fail_open, vip, health,
+                        any(not r.mac for r in vip.reals))
+
+
+def effective(cfg: Config, health: Health, neigh: Mapping[IPAddress, Neighbour],
+              prev: Optional[Effective] = None) -> Effective:
     """The config the maps must hold now, and why each real is where it is.
 
-    `health` maps (VIP, real IP) to up/down (absent: unchecked); `neigh` maps
-    a real IP to its neighbour entry (needed only for reals without a `mac`)."""
-    statuses: Dict[RealId, RealStatus] = {}
-    failing_open = set()
-    vips = []
+    `health` maps a VIP to its checked reals' verdicts (a VIP or real absent:
+    unchecked); `neigh` maps a real IP to its neighbour entry (needed only for
+    reals without a `mac`); `prev`, the Effective built last time, lets VIPs whose
+    inputs are the same objects as then keep their part as it was."""
+    parts: Dict[VipKey, VipEffective] = {}
+    same_neigh = prev is not None and prev.neigh is neigh
     for vip in cfg.vips:
-        macs = {r.ip: _mac_of(r, neigh) for r in vip.reals}
-        checked = [health.get((vip.key, r.ip), UNCHECKED) for r in vip.reals]
-        fail_open = any(h != UNCHECKED for h in checked) and not any(
-            h == UP and r.weight > 0 and macs[r.ip][1] for r, h in zip(vip.reals, checked))
-        if fail_open:
-            failing_open.add(vip.key)
-        reals = []
-        for real, h in zip(vip.reals, checked):
-            mac, resolved, source = macs[real.ip]
-            healthy = h != DOWN or fail_open
-            if not resolved:
-                state, reason = STATE_DOWN, "unresolved: " + (
-                    neigh[real.ip].reason if real.ip in neigh else "no neighbour entry yet")
-            elif not healthy:
-                state, reason = STATE_DOWN, "health check failing"
-            else:
-                state, reason = (ACTIVE if real.weight else DRAINING), ""
-            statuses[(vip.key, real.ip)] = RealStatus(h, state, mac, source, reason)
-            if mac is not None:
-                weight = real.weight if state == ACTIVE else 0
-                same = mac == real.mac and weight == real.weight
-                reals.append(real if same else replace(real, mac=mac, weight=weight))
-        kept = tuple(reals)
-        vips.append(vip if kept == vip.reals else _vip(vip, kept))
-    if len(_last_vip) > 2 * len(cfg.vips) + 64:
-        wanted = {v.key for v in cfg.vips}
-        for key in [k for k in _last_vip if k not in wanted]:
-            del _last_vip[key]
+        h = health.get(vip.key, NO_HEALTH)
+        last = prev.vips.get(vip.key) if prev is not None else None
+        if (last is not None and last.source is vip and last.health is h
+                and (same_neigh or not last.uses_neigh)):
+            parts[vip.key] = last
+        else:
+            parts[vip.key] = _vip_effective(vip, h, neigh, last)
+    vips = tuple(parts[v.key].vip for v in cfg.vips)
     unchanged = all(a is b for a, b in zip(vips, cfg.vips))
-    eff_cfg = cfg if unchanged else replace(cfg, vips=tuple(vips))
-    return Effective(eff_cfg, statuses, frozenset(failing_open))
+    eff_cfg = cfg if unchanged else replace(cfg, vips=vips)
+    failing = frozenset(k for k, ve in parts.items() if ve.failing_open)
+    return Effective(eff_cfg, parts, failing, neigh)

@@ -213,15 +213,20 @@ def carry(old: Iterable[Check], new: Iterable[Check], states: Mapping[str, Healt
     return out
 
 
+def vip_verdicts(checks: Tuple[Tuple[IPAddress, Check], ...], states: Mapping[str, HealthState],
+                 unknown: str = "down") -> Dict[IPAddress, str]:
+    """One VIP's part of the health mapping effective() takes: up/down for each
+    checked real; a real whose check has no state yet is `unknown`: down (it has not
+    passed `rise` checks), but up on a daemon's very first start (service/health.py)."""
+    out: Dict[IPAddress, str] = {}
+    for ip, c in checks:
+        st = states.get(c.key)
+        out[ip] = unknown if st is None else ("up" if st.up else "down")
+    return out
+
+
 def verdicts(vips: List[Tuple[Vip, Tuple[Tuple[IPAddress, Check], ...]]],
              states: Mapping[str, HealthState],
-             unknown: str = "down") -> Dict[Tuple[VipKey, IPAddress], str]:
-    """The health mapping effective() takes: up/down for every checked real; a real
-    whose check has no state yet is `unknown`: down (it has not passed `rise`
-    checks), but up on a daemon's very first start (service/health.py)."""
-    out: Dict[Tuple[VipKey, IPAddress], str] = {}
-    for vip, checks in vips:
-        for ip, c in checks:
-            st = states.get(c.key)
-            out[(vip.key, ip)] = unknown if st is None else ("up" if st.up else "down")
-    return out
+             unknown: str = "down") -> Dict[VipKey, Dict[IPAddress, str]]:
+    """The health mapping effective() takes, for VIPs and their checks."""
+    return {vip.key: vip_verdicts(checks, states, unknown) for vip, checks in vips if checks}

@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from xdplbd.core.effective import Effective, RealId
+from xdplbd.core.effective import NO_HEALTH, Effective, Health, VipEffective, VipHealth
 from xdplbd.core.health import (
     Check,
     HealthState,
@@ -51,7 +51,7 @@ from xdplbd.core.health import (
     checks_of,
     state_from_dict,
     state_to_dict,
-    verdicts,
+    vip_verdicts,
 )
 from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, IPAddress, Vip, VipKey
@@ -144,6 +144,10 @@ class HealthChecker:
         # unchanged VIP, so only changed VIPs are walked again.
         self._memo: Dict[int, Tuple[Vip, VipChecks]] = {}
         self._memo_lock = threading.Lock()
+        # Bumped whenever a verdict may have changed: the per-VIP verdicts are kept
+        # (VipKey -> (Vip, version, verdicts)) until then.
+        self._version = 0
+        self._verdict_memo: Dict[VipKey, Tuple[Vip, int, VipHealth]] = {}
         self._intern: Dict[Check, Check] = {}
         self._lock = threading.Lock()
         self._vips: Dict[VipKey, Tuple[Vip, VipChecks]] = {}  # as last configured
@@ -153,7 +157,8 @@ class HealthChecker:
         # What the running child has been told (reset when one starts).
         self._child: Optional[_Child] = None
         self._sent_vips: Dict[VipKey, Vip] = {}
-        self._sent_reals: Dict[RealId, Tuple[str, str, str]] = {}
+        self._sent_parts: Dict[VipKey, VipEffective] = {}
+        self._sent_failing: Optional[List[str]] = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="health", daemon=True)
         self.restarts = 0
@@ -190,11 +195,32 @@ class HealthChecker:
             self._memo[id(vip)] = (vip, checks)
         return checks
 
-    def verdicts(self, cfg: Config) -> Dict[RealId, str]:
-        """up/down for every checked real of cfg (a real never checked yet: down)."""
-        pairs = [(v, self.checks_of(v)) for v in cfg.vips]
-        return verdicts([p for p in pairs if p[1]], self.states,
-                        "up" if self._optimistic else "down")
+    def verdicts(self, cfg: Config) -> Health:
+        """up/down for every checked real of cfg, per VIP (a real never checked yet:
+        down). A VIP's mapping stays the same object while its Vip and its verdicts
+        are unchanged, so effective() reuses that VIP's part: a reload walks only the
+        VIPs it changed, and a transition only rebuilds the mappings here."""
+        version = self._version  # read first: a transition meanwhile bumps it again
+        unknown = "up" if self._optimistic else "down"
+        memo = self._verdict_memo
+        out: Dict[VipKey, VipHealth] = {}
+        for v in cfg.vips:
+            hit = memo.get(v.key)
+            if hit is not None and hit[0] is v and hit[1] == version:
+                if hit[2]:
+                    out[v.key] = hit[2]
+                continue
+            checks = self.checks_of(v)
+            now: VipHealth = vip_verdicts(checks, self.states, unknown) if checks else NO_HEALTH
+            if hit is not None and hit[2] == now:
+                now = hit[2]  # same verdicts: the same object
+            memo[v.key] = (v, version, now)
+            if now:
+                out[v.key] = now
+        if len(memo) > len(cfg.vips) + 64:
+            for key in [k for k in memo if k not in out]:
+                memo.pop(key, None)
+        return out
 
     def configure(self, cfg: Config) -> None:
         """Run the checks of cfg from now on; returns at once. Only VIPs whose object
@@ -225,6 +251,8 @@ class HealthChecker:
                 states = {k: st for k, st in self.states.items() if k in self._uses}
                 states.update(carry(gone, added.values(), self.states, self._optimistic))
                 self.states = states
+            if gone or added or self._optimistic:
+                self._version += 1
             self._optimistic = False
             self._configured = True
             if self._child is not None:
@@ -289,21 +317,34 @@ class HealthChecker:
             dels.append(vipkey_to_wire(key))
         if sets or dels:
             child.send({"op": "vips", "set": sets, "del": dels})
+            log.debug("TMP vips sent: %d set, %d del", len(sets), len(dels))
 
     def _send_reals(self, child: _Child, eff: Effective) -> None:
-        sets, dels = [], []
-        sent = self._sent_reals
-        for rid, rs in eff.reals.items():
-            now = (rs.health, rs.state, rs.reason)
-            if sent.get(rid) != now:
-                sent[rid] = now
-                sets.append([vipkey_to_wire(rid[0]), str(rid[1]), *now])
-        if len(sent) > len(eff.reals):
-            for rid in [r for r in sent if r not in eff.reals]:
-                del sent[rid]
-                dels.append([vipkey_to_wire(rid[0]), str(rid[1])])
-        child.send({"op": "reals", "set": sets, "del": dels,
-                    "failing_open": sorted(str(k) for k in eff.failing_open)})
+        """What changed since the last message, VIP by VIP: a VIP whose part is the
+        same object as last sent is skipped without a look at its reals."""
+        sets: List[List[Any]] = []
+        dels: List[List[Any]] = []
+        sent = self._sent_parts
+        for key, ve in eff.vips.items():
+            old = sent.get(key)
+            if old is ve:
+                continue
+            was = dict(old.statuses) if old is not None else {}
+            wk = vipkey_to_wire(key)
+            for ip, rs in ve.statuses:
+                o = was.pop(ip, None)
+                if o is None or (o.health, o.state, o.reason) != (rs.health, rs.state, rs.reason):
+                    sets.append([wk, str(ip), rs.health, rs.state, rs.reason])
+            dels.extend([wk, str(ip)] for ip in was)
+            sent[key] = ve
+        for key in [k for k in sent if k not in eff.vips]:
+            wk = vipkey_to_wire(key)
+            dels.extend([wk, str(ip)] for ip, _ in sent.pop(key).statuses)
+        failing = sorted(str(k) for k in eff.failing_open)
+        if sets or dels or failing != self._sent_failing:
+            self._sent_failing = failing
+            child.send({"op": "reals", "set": sets, "del": dels, "failing_open": failing})
+            log.debug("TMP reals sent: %d set, %d del", len(sets), len(dels))
 
     # -- the supervisor thread ----------------------------------------------------------
 
@@ -323,7 +364,7 @@ class HealthChecker:
             # A new checker starts from the daemon's verdicts, then gets everything.
             child.send({"op": "init", "optimistic": not self._configured and self._optimistic,
                         "states": {k: state_to_dict(st) for k, st in self.states.items()}})
-            self._sent_vips, self._sent_reals = {}, {}
+            self._sent_vips, self._sent_parts, self._sent_failing = {}, {}, None
             self._send_vips(child)
             if self._effective is not None:
                 self._send_reals(child, self._effective)
@@ -395,6 +436,8 @@ class HealthChecker:
                     # A key without a state read as down (verdicts(), after the first
                     # configure).
                     changed = changed or (old.up if old is not None else False) != st.up
+                if changed:
+                    self._version += 1
             if changed:
                 self.on_change("health")
 
