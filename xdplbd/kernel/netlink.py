@@ -3,7 +3,8 @@ Netlink is made. A thin shell: the rules are in core/neighbours.py.
 
 Two plain netlink sockets, owned by one thread (nothing here is thread-safe). The
 requests are built here with struct; what the kernel sends is parsed by pyroute2's
-marshal (python3-pyroute2 0.7.2). Events come on a socket bound to the link and neighbour
+marshal (python3-pyroute2 0.7.2), and only that part of pyroute2 is imported
+(kernel/pyroute2_lean.py). Events come on a socket bound to the link and neighbour
 groups, so they never interleave with replies; ENOBUFS on it means events were lost,
 and the owner resyncs with a dump. Requests go over the other socket, each with its
 own sequence number; a reply is the messages that carry it, so a late ack of a
@@ -21,6 +22,9 @@ import socket
 import struct
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+from xdplbd.kernel import pyroute2_lean  # noqa: F401  (first: pyroute2 without its __init__)
+
+# isort: split
 from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
