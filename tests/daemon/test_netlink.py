@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 import subprocess
 import time
 import uuid
@@ -12,7 +13,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from tests.daemon.conftest import LB_IF, PEER_IF, Netns
+from tests.daemon.conftest import LB_IF, LB_MAC, PEER_IF, Netns
 from xdplbd.core.neighbours import NeighEntry
 from xdplbd.kernel import iface
 from xdplbd.kernel.netlink import REQ_BATCH, Netlink
@@ -86,3 +87,56 @@ def test_resolve_many_names_each_refused_ip(netns: Netns) -> None:
         assert nl.managed  # ENODEV says nothing about managed entries
     finally:
         nl.close()
+
+
+def test_requests_answer_as_iproute_did(netns: Netns) -> None:
+    """link, neighbours, lookup and forget give what pyroute2's IPRoute gave (which
+    they replaced), absent things included, with a stray ack of a resolve batch
+    waiting on the request socket."""
+    from pyroute2 import IPRoute
+
+    from xdplbd.kernel.netlink import _parse, _resolve_request
+
+    subprocess.run(["ip", "netns", "exec", netns.name, "sysctl", "-qw",
+                    f"net.ipv6.conf.{LB_IF}.disable_ipv6=0"], check=True)
+    v4, v6 = ipaddress.ip_address("10.61.0.7"), ipaddress.ip_address("fd00::7")
+    for ip, mac in ((v4, "02:00:00:61:00:07"), (v6, "02:00:00:61:00:08")):
+        netns.ip("neigh", "add", str(ip), "lladdr", mac, "dev", LB_IF, "nud", "permanent")
+    netns.ip("neigh", "add", "10.61.0.9", "lladdr", "02:00:00:61:00:09", "dev", PEER_IF,
+             "nud", "permanent")  # another interface's: not in the dump
+    with in_netns(netns.name):
+        nl, ipr = Netlink(), IPRoute()
+        ifindex = iface.ifindex(LB_IF)
+    try:
+        # acks that nobody waits for, ahead of every reply below
+        nl._rq.sendto(b"".join(_resolve_request(0x7FFFFF00 + i, 9999, v4, True)
+                               for i in range(3)), (0, 0))
+        link = nl.link(LB_IF)
+        assert link is not None and link == _parse(ipr.link("get", ifname=LB_IF)[0])
+        assert (link.ifindex, link.ifname, link.mac, link.up) == (ifindex, LB_IF, LB_MAC, True)
+        assert nl.link("nosuch0") is None
+
+        want = [_parse(m) for m in ipr.get_neighbours(ifindex=ifindex)]
+        got = nl.neighbours(ifindex)
+        assert sorted(map(repr, got)) == sorted(repr(e) for e in want if e is not None)
+        assert {str(e.ip) for e in got} >= {str(v4), str(v6)}
+        assert "10.61.0.9" not in {str(e.ip) for e in got}
+
+        for ip in (v4, v6):
+            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            found = nl.lookup(ifindex, ip)
+            assert found is not None
+            assert found == _parse(ipr.neigh("get", dst=str(ip), ifindex=ifindex,
+                                             family=family)[0])
+            nl.forget(ifindex, ip)
+            assert nl.lookup(ifindex, ip) is None
+            nl.forget(ifindex, ip)  # absent is fine
+        with pytest.raises(OSError) as exc:
+            nl.lookup(9999, v4)
+        assert exc.value.errno == errno.ENODEV and str(v4) in str(exc.value)
+        with pytest.raises(OSError) as exc:
+            nl.forget(9999, v4)
+        assert exc.value.errno == errno.ENODEV
+    finally:
+        nl.close()
+        ipr.close()

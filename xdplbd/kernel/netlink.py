@@ -1,14 +1,17 @@
-"""Neighbours and links over rtnetlink (pyroute2), in the network namespace current
-when a Netlink is made. A thin shell: the rules are in core/neighbours.py.
+"""Neighbours and links over rtnetlink, in the network namespace current when a
+Netlink is made. A thin shell: the rules are in core/neighbours.py.
 
-pyroute2 facts this relies on (python3-pyroute2 0.7.2, kernel 6.18; measured in
-/work/proto/probe/NOTES.md): an IPRoute is not thread-safe, so one thread owns a
-Netlink; events come on a second socket bound to the link and neighbour groups,
-so they never interleave with replies; ENOBUFS on it means events were lost, and
-the owner resyncs with a dump. Asking the kernel to resolve many IPs goes over a
-third, plain socket: the requests are packed many to a datagram, each with its own
-sequence number, and their acks read afterwards (one pyroute2 request at a time,
-each waiting for its ack, took ~0.2 ms: 0.9 s for 4096 reals).
+Two plain netlink sockets, owned by one thread (nothing here is thread-safe). The
+requests are built here with struct; what the kernel sends is parsed by pyroute2's
+marshal (python3-pyroute2 0.7.2), and only that part of pyroute2 is imported
+(kernel/pyroute2_lean.py). Events come on a socket bound to the link and neighbour
+groups, so they never interleave with replies; ENOBUFS on it means events were lost,
+and the owner resyncs with a dump. Requests go over the other socket, each with its
+own sequence number; a reply is the messages that carry it, so a late ack of a
+resolve batch read there is skipped. Asking the kernel to resolve many IPs packs the
+requests many to a datagram and reads their acks afterwards (one pyroute2 request at
+a time, each waiting for its ack, took ~0.2 ms: 0.9 s for 4096 reals; kernel 6.18,
+/work/proto/probe/NOTES.md).
 """
 
 from __future__ import annotations
@@ -17,21 +20,33 @@ import errno
 import os
 import socket
 import struct
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+from xdplbd.kernel import pyroute2_lean  # noqa: F401  (first: pyroute2 without its __init__)
+
+# isort: split
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
     RTM_DELNEIGH,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
     RTM_NEWLINK,
     RTM_NEWNEIGH,
     RTMGRP_LINK,
     RTMGRP_NEIGH,
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-from pyroute2.netlink.rtnl.ndmsg import NTF_USE, NUD_NONE
+from pyroute2.netlink.rtnl.ndmsg import NTF_USE, NUD_NONE, NUD_PERMANENT
 
 from xdplbd.core.model import IPAddress
 from xdplbd.core.neighbours import LinkEvent, NeighEntry
@@ -52,11 +67,12 @@ EVENT_READS = 256  # datagrams per events() call, then the caller acts on them
 REQ_BATCH = 128
 REQ_RCVBUF = 4 << 20
 ACK_TIMEOUT_S = 2.0
-NLMSG_ERROR = 2
 NETLINK_CAP_ACK = 10  # an error ack carries the request's header, not the whole request
 NDA_DST, NDA_FLAGS_EXT = 1, 15
+IFLA_IFNAME = 3
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
+_IFINFOMSG = struct.Struct("=BBHiII")  # family, pad, type, index, flags, change
 _RTA = struct.Struct("=HH")  # len, type
 _ERR = struct.Struct("=i")
 _RESOLVE_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -74,26 +90,52 @@ def _family(ip: IPAddress) -> int:
 Event = Union[NeighEntry, LinkEvent]
 
 
+def _message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    """An rtattr, padded to 4 bytes."""
+    return _RTA.pack(_RTA.size + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
 def _resolve_request(seq: int, ifindex: int, ip: IPAddress, managed: bool) -> bytes:
     """RTM_NEWNEIGH for ip in state NONE: managed (NDA_FLAGS_EXT), or NTF_USE."""
-    attrs = _RTA.pack(_RTA.size + len(ip.packed), NDA_DST) + ip.packed
+    attrs = _attr(NDA_DST, ip.packed)
     if managed:
-        attrs += _RTA.pack(_RTA.size + 4, NDA_FLAGS_EXT) + struct.pack("=I", NTF_EXT_MANAGED)
+        attrs += _attr(NDA_FLAGS_EXT, struct.pack("=I", NTF_EXT_MANAGED))
     body = _NDMSG.pack(_family(ip), 0, 0, ifindex, NUD_NONE, 0 if managed else NTF_USE, 0)
-    body += attrs
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWNEIGH, _RESOLVE_FLAGS, seq, 0) + body
+    return _message(RTM_NEWNEIGH, _RESOLVE_FLAGS, seq, body + attrs)
 
 
-def _acks(data: bytes) -> Iterable[Tuple[int, int]]:
-    """(sequence number, errno; 0 = done) of each ack in a datagram."""
+def _neigh_request(ifindex: int, ip: IPAddress, state: int) -> bytes:
+    """An ndmsg for ip on ifindex, as pyroute2's IPRoute.neigh() sends it."""
+    return _NDMSG.pack(_family(ip), 0, 0, ifindex, state, 0, 0) + _attr(NDA_DST, ip.packed)
+
+
+def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int]]:
+    """(offset, length, type, sequence number) of each message in a datagram."""
     off = 0
     while off + _NLMSGHDR.size <= len(data):
         length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
         if length < _NLMSGHDR.size:
             return
-        if mtype == NLMSG_ERROR and length >= _NLMSGHDR.size + _ERR.size:
-            yield seq, -_ERR.unpack_from(data, off + _NLMSGHDR.size)[0]
+        yield off, length, mtype, seq
         off += (length + 3) & ~3
+
+
+def _errno(data: bytes, off: int, length: int) -> int:
+    """The errno (0: none) in an NLMSG_ERROR (an ack) or NLMSG_DONE at off."""
+    if length < _NLMSGHDR.size + _ERR.size:
+        return 0
+    return -int(_ERR.unpack_from(data, off + _NLMSGHDR.size)[0])
+
+
+def _acks(data: bytes) -> Iterable[Tuple[int, int]]:
+    """(sequence number, errno; 0 = done) of each ack in a datagram."""
+    for off, length, mtype, seq in _messages(data):
+        if mtype == NLMSG_ERROR and length >= _NLMSGHDR.size + _ERR.size:
+            yield seq, _errno(data, off, length)
 
 
 def _parse(msg: object) -> Optional[Event]:
@@ -118,7 +160,6 @@ class Netlink:
     """A request socket and an event socket; owned by one thread."""
 
     def __init__(self) -> None:
-        self._req = IPRoute()
         # Events on a plain non-blocking socket, parsed by pyroute2's marshal: its
         # own get() buffers internally (select then misses what it holds) and
         # swallows ENOBUFS.
@@ -144,6 +185,7 @@ class Netlink:
                 self._rq.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, REQ_RCVBUF)
             self._rq.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self._rq.bind((0, 0))
+            self._rq.settimeout(ACK_TIMEOUT_S)
         except BaseException:
             self.close()
             raise
@@ -175,8 +217,10 @@ class Netlink:
 
     def link(self, ifname: str) -> Optional[LinkEvent]:
         """The interface called ifname in this netns, or None."""
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0)
+        body += _attr(IFLA_IFNAME, ifname.encode() + b"\0")
         try:
-            msgs = self._req.link("get", ifname=ifname)
+            msgs = self._ask(RTM_GETLINK, NLM_F_ACK, body)
         except NetlinkError as e:
             if e.code in (errno.ENODEV, errno.ENOENT):
                 return None
@@ -187,16 +231,17 @@ class Netlink:
     def neighbours(self, ifindex: int) -> List[NeighEntry]:
         """Every IPv4/IPv6 neighbour entry on ifindex (one dump)."""
         out = []
-        for m in self._req.get_neighbours(ifindex=ifindex):
+        body = _NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, NUD_NONE, 0, 0)
+        for m in self._ask(RTM_GETNEIGH, NLM_F_DUMP, body):
             ev = _parse(m)
-            if isinstance(ev, NeighEntry):
+            if isinstance(ev, NeighEntry) and ev.ifindex == ifindex:
                 out.append(ev)
         return out
 
     def lookup(self, ifindex: int, ip: IPAddress) -> Optional[NeighEntry]:
         """The kernel's entry for ip on ifindex, or None."""
         try:
-            msgs = self._req.neigh("get", dst=str(ip), ifindex=ifindex, family=_family(ip))
+            msgs = self._ask(RTM_GETNEIGH, NLM_F_ACK, _neigh_request(ifindex, ip, NUD_NONE))
         except NetlinkError as e:
             if e.code == errno.ENOENT:
                 return None
@@ -245,7 +290,6 @@ class Netlink:
                 pending[self._seq] = ip
                 parts.append(_resolve_request(self._seq, ifindex, ip, managed))
             self._rq.sendto(b"".join(parts), (0, 0))
-            self._rq.settimeout(ACK_TIMEOUT_S)
             while pending:
                 try:
                     data = self._rq.recv(EVENT_BUF)
@@ -262,16 +306,35 @@ class Netlink:
                             refused[ip] = code
         return refused
 
+    def _ask(self, mtype: int, flags: int, body: bytes) -> List[object]:
+        """One request and its reply, parsed: the messages of a dump (NLM_F_DUMP), or
+        those before the ack (NLM_F_ACK). Raises NetlinkError with the kernel's errno,
+        as pyroute2's IPRoute does; socket.timeout if no reply comes."""
+        self._seq = self._seq % 0x7FFFFFFF + 1
+        seq = self._seq
+        self._rq.sendto(_message(mtype, NLM_F_REQUEST | flags, seq, body), (0, 0))
+        reply = bytearray()
+        while True:
+            data = self._rq.recv(EVENT_BUF)
+            for off, length, rtype, rseq in _messages(data):
+                if rseq != seq:
+                    continue  # a late ack of a resolve batch, or of an earlier request
+                if rtype in (NLMSG_ERROR, NLMSG_DONE):
+                    code = _errno(data, off, length)
+                    if code:
+                        raise NetlinkError(code)
+                    return list(self._marshal.parse(bytes(reply)))
+                reply += data[off:off + ((length + 3) & ~3)]
+
     def forget(self, ifindex: int, ip: IPAddress) -> None:
         """Delete the entry (a real left the config); absent is fine."""
         try:
-            self._req.neigh("del", dst=str(ip), ifindex=ifindex, family=_family(ip))
+            self._ask(RTM_DELNEIGH, NLM_F_ACK, _neigh_request(ifindex, ip, NUD_PERMANENT))
         except NetlinkError as e:
             if e.code != errno.ENOENT:
                 raise _os_error(e, f"forget {ip}") from None
 
     def close(self) -> None:
-        for s in (getattr(self, "_req", None), getattr(self, "_ev", None),
-                  getattr(self, "_rq", None)):
+        for s in (getattr(self, "_ev", None), getattr(self, "_rq", None)):
             if s is not None:
                 s.close()
