@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from xdplbd import __version__
 from xdplbd.core.config import ConfigError, FieldError, read_config_file
-from xdplbd.core.effective import Effective, Neighbour, RealId, effective, with_macs
+from xdplbd.core.effective import Effective, Health, Neighbour, effective, with_macs
 from xdplbd.core.model import Config, IPAddress, LiveState
 from xdplbd.core.neighbours import apply_due, mac_conflicts
 from xdplbd.core.plan import PlanError, make_plan
-from xdplbd.kernel import attach, iface, libbpf, loader
+from xdplbd.kernel import attach, heap, iface, libbpf, loader
 from xdplbd.kernel.dataplane import DataPlane
 from xdplbd.service import lblink, logsetup
 from xdplbd.service.announcer import Announcer
@@ -151,10 +151,12 @@ def settle_heap() -> None:
 
     Collect first: gc.freeze() alone also froze the garbage cycles of the moment
     (an exception's traceback, a thread's leftovers) for good, reload after reload.
-    The collection only walks what is not frozen yet, i.e. what this reload made."""
+    The collection only walks what is not frozen yet, i.e. what this reload made.
+    Then the allocator gives back what the reload's temporaries freed (kernel/heap.py)."""
     t0 = time.monotonic()
     found = gc.collect()
     gc.freeze()
+    heap.trim()
     log.debug("gc: %d unreachable objects collected in %.1f ms, %d frozen", found,
               (time.monotonic() - t0) * 1000, gc.get_freeze_count())
 
@@ -183,7 +185,7 @@ class Daemon:
         # The world the file does not describe (core/effective.py): health verdicts
         # by (VIP, real) for a config, and neighbour entries by real IP. Their owners
         # replace these providers and call request_apply() when what they say changes.
-        self.health_view: Callable[[Config], Mapping[RealId, str]] = lambda _cfg: {}
+        self.health_view: Callable[[Config], Health] = lambda _cfg: {}
         self.health: Optional[HealthChecker] = None
         self.neigh_view: Callable[[], Mapping[IPAddress, Neighbour]] = dict
         self.effective: Optional[Effective] = None  # as last applied
@@ -341,7 +343,7 @@ class Daemon:
 
     def _effective(self, cfg: Config) -> Effective:
         neigh = self.neigh_view()
-        return effective(cfg, self.health_view(with_macs(cfg, neigh)), neigh)
+        return effective(cfg, self.health_view(with_macs(cfg, neigh)), neigh, self.effective)
 
     def _configure_health(self, cfg: Config) -> None:
         """Hand the checker the config with resolved MACs (returns at once; only checks
@@ -556,7 +558,8 @@ class Daemon:
         text = f"generation {self.generation}: {status_line(self._live)} on {self.ifname}"
         eff = self.effective
         if eff is not None:
-            down = sum(1 for st in eff.reals.values() if st.health == "down")
+            down = sum(1 for ve in eff.vips.values() for _, st in ve.statuses
+                       if st.health == "down")
             if down:
                 text += f"; {down} real{'s' if down != 1 else ''} health-down"
             n = len(eff.failing_open)
@@ -739,6 +742,7 @@ def run(opts: Options) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    heap.limit_arenas()  # before any thread starts
     opts = Options(config=args.config, interface=args.interface, xdp_mode=args.xdp_mode,
                    pin_dir=args.pin_dir, state_dir=args.state_dir, verbose=args.verbose,
                    syslog=args.syslog, log_file=args.log_file)
