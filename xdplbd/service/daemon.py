@@ -636,7 +636,8 @@ class Daemon:
             out["unresolved"] = [
                 {"vip": str(key.addr), "port": key.port, "protocol": key.proto, "ip": str(ip),
                  "mac": st.mac or "", "reason": st.reason}
-                for (key, ip), st in eff.reals.items() if st.mac_source == "unresolved"]
+                for key, ve in eff.vips.items() for ip, st in ve.statuses
+                if st.mac_source == "unresolved"]
         if self.cfg is not None:
             out["mac_conflicts"] = [
                 {"ip": str(ip), "config_mac": cm, "neighbour_mac": nm}
