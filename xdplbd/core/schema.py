@@ -200,9 +200,9 @@ def backend_active(raw: Optional[bytes]) -> bool:
             and bool(raw[BACKEND_FLAGS_OFFSET] & BACKEND_ACTIVE))
 
 
-def backend_vip_id(raw: bytes) -> int:
-    """The vip_id field of a packed backend record."""
-    vip_id: int = _BACKEND_VIP_ID.unpack_from(raw, 8)[0]
+def backend_vip_id(raw: bytes, offset: int = 0) -> int:
+    """The vip_id field of the packed backend record at offset."""
+    vip_id: int = _BACKEND_VIP_ID.unpack_from(raw, offset + 8)[0]
     return vip_id
 
 
