@@ -16,6 +16,7 @@ import json
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, cast
@@ -561,7 +562,7 @@ class _Validator:
         elif mac == "00:00:00:00:00:00":
             self.err(path, f"{json.dumps(s)} is the all-zero MAC address")
         else:
-            return mac
+            return sys.intern(mac)  # one string per MAC, however many VIPs list the real
         return None
 
     # -- sections ---------------------------------------------------------------
