@@ -128,7 +128,8 @@ def with_macs(cfg: Config, neigh: Mapping[IPAddress, Neighbour]) -> Config:
 
 
 def _vip_effective(vip: Vip, health: VipHealth, neigh: Mapping[IPAddress, Neighbour],
-                   last: Optional[VipEffective]) -> VipEffective:
+                   last: Optional[VipEffective],
+                   shared: Dict[RealStatus, RealStatus]) -> VipEffective:
     macs = [_mac_of(r, neigh) for r in vip.reals]
     checked = [health.get(r.ip, UNCHECKED) for r in vip.reals] if health else \
         [UNCHECKED] * len(vip.reals)
@@ -145,7 +146,8 @@ def _vip_effective(vip: Vip, health: VipHealth, neigh: Mapping[IPAddress, Neighb
             state, reason = STATE_DOWN, "health check failing"
         else:
             state, reason = (ACTIVE if real.weight else DRAINING), ""
-        statuses.append((real.ip, RealStatus(h, state, mac, source, reason)))
+        st = RealStatus(h, state, mac, source, reason)
+        statuses.append((real.ip, shared.setdefault(st, st)))
         if mac is not None:
             weight = real.weight if state == ACTIVE else 0
             same = mac == real.mac and weight == real.weight
@@ -173,6 +175,9 @@ def effective(cfg: Config, health: Health, neigh: Mapping[IPAddress, Neighbour],
     reals without a `mac`); `prev`, the Effective built last time, lets VIPs whose
     inputs are the same objects as then keep their part as it was."""
     parts: Dict[VipKey, VipEffective] = {}
+    # One status object per distinct value: a real behind many VIPs usually has the
+    # same status in each (16,000 statuses over 4000 reals: ~1.2 MB less).
+    shared: Dict[RealStatus, RealStatus] = {}
     same_neigh = prev is not None and prev.neigh is neigh
     for vip in cfg.vips:
         h = health.get(vip.key, NO_HEALTH)
@@ -181,7 +186,7 @@ def effective(cfg: Config, health: Health, neigh: Mapping[IPAddress, Neighbour],
                 and (same_neigh or not last.uses_neigh)):
             parts[vip.key] = last
         else:
-            parts[vip.key] = _vip_effective(vip, h, neigh, last)
+            parts[vip.key] = _vip_effective(vip, h, neigh, last, shared)
     vips = tuple(parts[v.key].vip for v in cfg.vips)
     unchanged = all(a is b for a, b in zip(vips, cfg.vips))
     eff_cfg = cfg if unchanged else replace(cfg, vips=vips)
