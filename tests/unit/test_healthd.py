@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import random
-from typing import List
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
-from xdplbd.service.healthd import Lateness
+from xdplbd.core.config import parse_config
+from xdplbd.core.health import Result, checks_of
+from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
+from xdplbd.core.model import Config, Vip
+from xdplbd.service.healthd import Checker, Lateness
 
 
 def sorted_percentile_ms(samples: List[float], p: float) -> float:
@@ -43,3 +51,118 @@ def test_lateness_far_beyond_the_histogram() -> None:
     assert late.percentile_ms(0.5) == 995.36  # the 10 ms step from 995.36 ms
     assert late.percentile_ms(1.0) == 655.36 + 4095 * 10  # the last step holds the rest
     assert Lateness(3).percentile_ms(0.99) == 0.0
+
+
+# -- the checker's view of the config, and health.json ---------------------------------
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.sent: List[Dict[str, Any]] = []
+
+    def send(self, msg: Dict[str, Any]) -> None:
+        self.sent.append(msg)
+
+
+def vips_doc(n_vips: int, reals: Sequence[str], check: bool = True) -> Dict[str, Any]:
+    """n_vips VIPs sharing the same reals: one TCP check per real, used by every VIP."""
+    hc = {"type": "tcp", "dsr": False, "interval": 1, "timeout": 0.5}
+    return {"vips": [{"vip": f"10.0.{1 + i // 250}.{1 + i % 250}", "port": 80, "protocol": "tcp",
+                      **({"healthcheck": hc} if check else {}),
+                      "reals": [{"ip": ip, "mac": "02:00:00:00:00:01"} for ip in reals]}
+                     for i in range(n_vips)]}
+
+
+@pytest.fixture
+def checker(tmp_path: Path) -> Iterator[Checker]:
+    loop = asyncio.new_event_loop()
+    c = Checker(loop, FakeChannel(), str(tmp_path), "lo")  # type: ignore[arg-type]
+    yield c
+    for h in c._timers.values():
+        h.cancel()
+    loop.close()
+
+
+def send(c: Checker, msg: Dict[str, Any]) -> None:
+    c.handle_line(json.dumps(msg, separators=(",", ":")).encode())
+
+
+def configure(c: Checker, cfg: Config, *, dels: Sequence[Vip] = ()) -> None:
+    send(c, {"op": "vips", "set": [vip_checks_to_wire(v.key, checks_of(v)) for v in cfg.vips],
+             "del": [vipkey_to_wire(v.key) for v in dels]})
+
+
+def publish(c: Checker, cfg: Config, health: str = "up", dels: Sequence[Tuple[Vip, str]] = ()
+            ) -> None:
+    send(c, {"op": "reals", "set": [[vipkey_to_wire(v.key), r.ip.exploded, health, "active",
+                                     "" if health == "up" else "health check failing"]
+                                    for v in cfg.vips for r in v.reals],
+             "del": [[vipkey_to_wire(v.key), ip] for v, ip in dels],
+             "failing_open": []})
+
+
+def health_json(c: Checker) -> Dict[str, Any]:
+    doc: Dict[str, Any] = json.loads("".join(c._pieces()))
+    return doc
+
+
+def test_health_json_names_each_real_and_its_check(checker: Checker) -> None:
+    cfg = parse_config(json.dumps(vips_doc(3, ["10.0.0.11", "10.0.0.12"])), "f")
+    send(checker, {"op": "init", "optimistic": False, "states": {}})
+    configure(checker, cfg)
+    publish(checker, cfg)
+    doc = health_json(checker)
+    keys = {c.key for v in cfg.vips for _ip, c in checks_of(v)}
+    assert set(doc["checks"]) == keys and len(keys) == 2  # one per real, however many VIPs
+    assert doc["stats"]["checks"] == 2
+    assert sorted((r["vip"], r["port"], r["protocol"], r["ip"], r["health"], r["state"],
+                   r["check"]) for r in doc["reals"]) == sorted(
+        (str(v.key.addr), 80, "tcp", str(ip), "up", "active", c.key)
+        for v in cfg.vips for ip, c in checks_of(v))
+    # The daemon was told every new check's state, once.
+    assert [set(m["states"]) for m in checker.chan.sent] == [keys]  # type: ignore[attr-defined]
+
+    # A VIP gone, a real gone from another, one down, one not checked any more.
+    cfg2 = parse_config(json.dumps(vips_doc(2, ["10.0.0.11"])), "f")
+    unchecked = parse_config(json.dumps(vips_doc(1, ["10.0.0.11"], check=False)), "f")
+    configure(checker, cfg2, dels=[cfg.vips[2]])
+    configure(checker, unchecked)
+    publish(checker, cfg2, "down", dels=[(v, "10.0.0.12") for v in cfg.vips[:2]]
+            + [(cfg.vips[2], ip) for ip in ("10.0.0.11", "10.0.0.12")])
+    doc = health_json(checker)
+    (key,) = {c.key for v in cfg2.vips for _ip, c in checks_of(v)}
+    assert list(doc["checks"]) == [key] and doc["stats"]["checks"] == 1
+    assert sorted((r["vip"], r["ip"], r["health"], r.get("reason"), r.get("check"))
+                  for r in doc["reals"]) == [
+        ("10.0.1.1", "10.0.0.11", "down", "health check failing", None),
+        ("10.0.1.2", "10.0.0.11", "down", "health check failing", key)]
+    assert set(checker._timers) == set(checker._users) == {c for _, c in checks_of(cfg2.vips[1])}
+
+
+def test_a_transition_is_logged_for_each_vip_and_real_using_the_check(
+        checker: Checker, caplog: pytest.LogCaptureFixture) -> None:
+    d = vips_doc(2, ["10.0.0.11", "10.0.0.12"])
+    d["vips"][1]["reals"][1]["ip"] = "10.0.0.13"
+    cfg = parse_config(json.dumps(d), "f")
+    send(checker, {"op": "init", "optimistic": True, "states": {}})
+    configure(checker, cfg)
+    (_ip, c), _ = checks_of(cfg.vips[0])
+    for _ in range(c.fall):
+        checker._on_result(checker._intern[c], Result(False, "tcp: refused", 1.0))
+    assert [r.getMessage() for r in caplog.records] == [
+        "vip 10.0.1.1:80/tcp: real 10.0.0.11 down: tcp: refused (3/3 failed)",
+        "vip 10.0.1.2:80/tcp: real 10.0.0.11 down: tcp: refused (3/3 failed)"]
+    assert not checker.states[c.key].up
+
+
+def test_a_save_replaces_health_json_whole(checker: Checker, tmp_path: Path) -> None:
+    cfg = parse_config(json.dumps(vips_doc(300, [f"10.0.0.{i}" for i in range(1, 11)])), "f")
+    send(checker, {"op": "init", "optimistic": False, "states": {}})
+    configure(checker, cfg)
+    publish(checker, cfg)
+    checker._loop.run_until_complete(checker._save_async())  # 3000 reals: several slices
+    assert os.listdir(tmp_path) == ["health.json"]
+    with open(tmp_path / "health.json") as f:
+        doc = json.load(f)
+    assert doc == {**health_json(checker), "written_at": doc["written_at"]}
+    assert len(doc["reals"]) == 3000 and len(doc["checks"]) == 10

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import ipaddress
 import json
 import logging
 import os
@@ -54,8 +56,8 @@ from xdplbd.core.health import (
     state_to_dict,
     transition_text,
 )
-from xdplbd.core.healthwire import vip_checks_from_wire, vipkey_from_wire
-from xdplbd.core.model import IPAddress, VipKey
+from xdplbd.core.healthwire import check_from_wire, vipkey_from_wire
+from xdplbd.core.model import IPAddress
 from xdplbd.kernel import rawsock
 from xdplbd.service.health import STATE_VERSION, state_path, write_health
 from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
@@ -69,8 +71,18 @@ REFRESH_S = 2.0
 JITTER_SAMPLES = 100_000
 SLICE = 256  # health.json records rendered between two turns of the loop
 PR_SET_PDEATHSIG = 1
-# (VIP address, port, protocol, real IP) as text: how health.json names a real.
-RealText = Tuple[str, int, str, str]
+# A VIP as the messages and health.json name it: (address, port, protocol), with
+# the address text as the daemon wrote it (str of its IPAddress). Reals are named by
+# the same text of their IP. Every such string is interned: one object per distinct
+# address, however many VIPs and messages name it.
+Vk = Tuple[str, int, str]
+# A real as last applied by the daemon: (health, state, reason); one shared tuple per
+# distinct value (there are a handful).
+Applied = Tuple[str, str, str]
+
+
+def _vk(w: Sequence[Any]) -> Vk:
+    return sys.intern(str(w[0])), int(w[1]), sys.intern(str(w[2]))
 
 
 class Lateness:
@@ -205,17 +217,19 @@ class Checker:
         self.state_dir, self.ifname = state_dir, ifname
         self.states: Dict[str, HealthState] = {}
         self._optimistic = False
-        self._vips: Dict[VipKey, Tuple[Tuple[IPAddress, Check], ...]] = {}
-        self._users: Dict[Check, List[Tuple[VipKey, IPAddress]]] = {}
+        # Each VIP's checks by real IP; the VIPs using each check (each VIP once).
+        self._vips: Dict[Vk, Dict[str, Check]] = {}
+        self._users: Dict[Check, List[Vk]] = {}
         self._intern: Dict[Check, Check] = {}  # the one object of each distinct check
-        self._timers: Dict[Check, asyncio.TimerHandle] = {}
-        self._due: Dict[Check, float] = {}
-        self._avoid: Set[IPAddress] = set()  # VIP addresses: never a source
+        self._timers: Dict[Check, asyncio.TimerHandle] = {}  # when(): the probe's due time
+        self._applied: Dict[Applied, Applied] = {}  # the one tuple of each distinct value
+        self._vip_addrs: Dict[str, IPAddress] = {}  # VIP addresses: never a source
+        self._avoid: Set[IPAddress] = set()
         self._sources: Dict[IPAddress, Optional[IPAddress]] = {}
         self._prober: Optional[TcpDsrProber] = None
         self._prober_error = ""
-        # Each real as last applied by the daemon: (health, state, reason).
-        self._reals: Dict[RealText, Tuple[str, str, str]] = {}
+        # Each real as last applied by the daemon, by VIP and real IP.
+        self._reals: Dict[Vk, Dict[str, Applied]] = {}
         self._failing: List[str] = []
         self._changed: Dict[str, HealthState] = {}  # verdicts not yet sent
         self._dirty = False
@@ -239,7 +253,10 @@ class Checker:
             return
         for line in lines:
             if line:
-                self.handle(json.loads(line))
+                self.handle_line(line)
+
+    def handle_line(self, line: bytes) -> None:
+        self.handle(json.loads(line))
 
     def handle(self, msg: Dict[str, Any]) -> None:
         op = msg.get("op")
@@ -250,18 +267,30 @@ class Checker:
                 if st is not None:
                     self.states[key] = st
         elif op == "vips":
-            dels = [vipkey_from_wire(w) for w in msg["del"]]
+            dels = [_vk(w) for w in msg["del"]]
             sets = []
             for w in msg["set"]:
-                vk, checks = vip_checks_from_wire(w)
-                # One object per distinct check, however many VIPs share it.
-                sets.append((vk, tuple((ip, self._intern.setdefault(c, c)) for ip, c in checks)))
+                checks: Dict[str, Check] = {}
+                for ip, cw in w[1]:
+                    c = check_from_wire(cw)
+                    # One object per distinct check, however many VIPs share it.
+                    checks[sys.intern(ip)] = self._intern.setdefault(c, c)
+                sets.append((_vk(w[0]), checks))
             self._configure(dels, sets)
         elif op == "reals":
-            for vk, ip in msg["del"]:
-                self._reals.pop((vk[0], vk[1], vk[2], ip), None)
-            for vk, ip, health, state, reason in msg["set"]:
-                self._reals[(vk[0], vk[1], vk[2], ip)] = (health, state, reason)
+            for vkw, ip in msg["del"]:
+                vk = _vk(vkw)
+                reals = self._reals.get(vk)
+                if reals is not None:
+                    reals.pop(ip, None)
+                    if not reals:
+                        del self._reals[vk]
+            applied = self._applied
+            for vkw, ip, health, state, reason in msg["set"]:
+                a = (health, state, reason)
+                self._reals.setdefault(_vk(vkw), {})[sys.intern(ip)] = applied.setdefault(a, a)
+            if len(applied) > 1000:  # the values are few; never let the cache grow anyway
+                applied.clear()
             self._failing = list(msg["failing_open"])
             self._dirty = True
             self._schedule_save(0.0)
@@ -286,26 +315,26 @@ class Checker:
 
     # -- the checks -------------------------------------------------------------------------
 
-    def _configure(self, dels: List[VipKey],
-                   sets: List[Tuple[VipKey, Tuple[Tuple[IPAddress, Check], ...]]]) -> None:
+    def _configure(self, dels: List[Vk], sets: List[Tuple[Vk, Dict[str, Check]]]) -> None:
         """VIPs gone (dels) and VIPs new or changed (sets): only checks that no VIP uses
         any more stop, only checks that none used before start; the rest run on."""
         users = self._users
         touched: Set[Check] = set()
         for _vk, checks in sets:
-            touched.update(c for _, c in checks)
+            touched.update(checks.values())
         for vk in [*dels, *(k for k, _ in sets)]:
-            for ip, c in self._vips.pop(vk, ()):
+            old = self._vips.pop(vk, None)
+            for c in set(old.values()) if old else ():
                 touched.add(c)
                 lst = users[c]
-                lst.remove((vk, ip))
+                lst.remove(vk)
                 if not lst:
                     del users[c]
         before = {c for c in touched if c in self._timers}
         for vk, checks in sets:
             self._vips[vk] = checks
-            for ip, c in checks:
-                users.setdefault(c, []).append((vk, ip))
+            for c in set(checks.values()):
+                users.setdefault(c, []).append(vk)
         gone = [c for c in before if c not in users]
         added = [c for c in touched if c in users and c not in before]
         for c in gone:
@@ -313,8 +342,11 @@ class Checker:
             h = self._timers.pop(c, None)
             if h is not None:
                 h.cancel()
-            self._due.pop(c, None)
-        self._avoid = {vk.addr for vk in self._vips}
+        addrs = {vk[0] for vk in self._vips}
+        if addrs != self._vip_addrs.keys():
+            old_addrs = self._vip_addrs
+            self._vip_addrs = {a: old_addrs.get(a) or ipaddress.ip_address(a) for a in addrs}
+            self._avoid = set(self._vip_addrs.values())
         self._sources.clear()
         # The same rule as the daemon's copy (core/health.py carry); the daemon is
         # told the states of the added checks, which settles any race with a
@@ -326,7 +358,6 @@ class Checker:
         now = self._loop.time()
         for c in added:
             due = now + random.uniform(0, min(c.interval, 1.0))
-            self._due[c] = due
             self._timers[c] = self._loop.call_at(due, self._fire, c)
             self._changed[c.key] = self.states[c.key]
         self._optimistic = False
@@ -355,12 +386,12 @@ class Checker:
 
     def _fire(self, c: Check) -> None:
         now = self._loop.time()
-        due = self._due.get(c, now)
+        h = self._timers.get(c)
+        due = now if h is None else h.when()
         self.lateness.add(now - due)
         nxt = due + c.interval
         if nxt < now:  # far behind (a stall): do not fire a burst to catch up
             nxt = now + c.interval
-        self._due[c] = nxt
         self._timers[c] = self._loop.call_at(nxt, self._fire, c)
         p = c.probe
         if p.kind == TCP_DSR:
@@ -390,12 +421,15 @@ class Checker:
         self._dirty = True
         if not changed:
             return
-        for vip, ip in self._users[c]:
-            line = transition_text(vip, ip, st, c)
-            if st.up:
-                log.info("%s", line)
-            else:
-                log.warning("%s", line)
+        for vk in self._users[c]:
+            vip = vipkey_from_wire(vk)
+            for ip, c2 in self._vips[vk].items():
+                if c2 is c:
+                    line = transition_text(vip, ipaddress.ip_address(ip), st, c)
+                    if st.up:
+                        log.info("%s", line)
+                    else:
+                        log.warning("%s", line)
         if not self._changed:  # one message for the transitions of one loop pass
             self._loop.call_soon(self._send_verdicts)
         self._changed[c.key] = st
@@ -439,20 +473,31 @@ class Checker:
     async def _save_async(self) -> None:
         """Render health.json a slice at a time, giving the loop back between slices:
         a whole file at 1000 VIPs x 16 reals takes 100+ ms of CPU, which as one piece
-        made every probe due meanwhile late by as much (the jitter p99)."""
+        made every probe due meanwhile late by as much (the jitter p99). Each slice is
+        written as it is rendered (the whole text is ~2.5 MB there), to a file renamed
+        into place at the end: a reader or a restart sees the old file or the new one."""
         self._dirty = False
         busy, t = 0.0, time.monotonic()
-        pieces: List[str] = []
-        for n, piece in enumerate(self._pieces()):
-            pieces.append(piece)
-            if n % SLICE == SLICE - 1:
-                busy += time.monotonic() - t
-                await asyncio.sleep(0)
-                t = time.monotonic()
+        path = state_path(self.state_dir)
+        # Not write_health's name: _save() writes that one on stop, while this save
+        # may be cancelled midway with its file still open.
+        tmp = f"{path}.{os.getpid()}.part"
         try:
-            write_health(self.state_dir, pieces)
+            os.makedirs(self.state_dir, exist_ok=True)
+            with open(tmp, "w") as f:
+                for n, piece in enumerate(self._pieces()):
+                    f.write(piece)
+                    if n % SLICE == SLICE - 1:
+                        busy += time.monotonic() - t
+                        await asyncio.sleep(0)
+                        t = time.monotonic()
+            os.replace(tmp, path)
         except OSError as e:
-            log.error("cannot write %s: %s", state_path(self.state_dir), e)
+            log.error("cannot write %s: %s", path, e)
+            _unlink(tmp)
+        except asyncio.CancelledError:
+            _unlink(tmp)
+            raise
         busy += time.monotonic() - t
         self._last_save, self._save_cost = time.monotonic(), busy
 
@@ -466,35 +511,44 @@ class Checker:
 
     def _pieces(self) -> Iterator[str]:
         """health.json's text, one record a piece: every check's verdict, and each real
-        as last applied. Reads copies, so a reload between two slices is harmless."""
-        states = list(self.states.items())
-        users = list(self._users.items())
+        as last applied. Safe across the slices of a save without copying it all: it
+        walks lists of the check keys and of the VIPs taken at the start (a reload
+        replaces self.states and a VIP's checks, never shrinks them), and copies one
+        VIP's reals at a time."""
+        states = self.states
+        keys = list(states)
         reals = list(self._reals.items())
         late = self.lateness
-        stats = {"probes": dict(self.probes_total), "checks": len(users), "pid": os.getpid(),
+        stats = {"probes": dict(self.probes_total), "checks": len(self._users), "pid": os.getpid(),
                  "lateness_ms": {"p50": late.percentile_ms(0.5), "p99": late.percentile_ms(0.99),
                                  "max": late.percentile_ms(1.0), "samples": late.samples}}
         yield (f'{{"version": {STATE_VERSION}, "written_at": {json.dumps(time.time())}, '
                f'"stats": {json.dumps(stats)}, "failing_open": {json.dumps(self._failing)},'
                '\n"checks": {')
-        for n, (key, st) in enumerate(states):
-            yield ("" if not n else ",\n") + json.dumps(key) + ": " + json.dumps(state_to_dict(st))
+        for n, key in enumerate(keys):
+            yield ("" if not n else ",\n") + json.dumps(key) + ": " + \
+                json.dumps(state_to_dict(states[key]))
         yield '},\n"reals": ['
-        check_of: Dict[RealText, str] = {}
-        for c, us in users:
-            for vk, ip in us:
-                check_of[(str(vk.addr), vk.port, vk.proto, str(ip))] = c.key
-            yield ""
-        for n, (rt, (health, state, reason)) in enumerate(reals):
-            rec: Dict[str, Any] = {"vip": rt[0], "port": rt[1], "protocol": rt[2], "ip": rt[3],
-                                   "health": health, "state": state}
-            if reason:
-                rec["reason"] = reason
-            ck = check_of.get(rt)
-            if ck is not None:
-                rec["check"] = ck
-            yield ("" if not n else ",\n") + json.dumps(rec)
+        n = 0
+        no_checks: Dict[str, Check] = {}
+        for vk, by_ip in reals:
+            checks = self._vips.get(vk, no_checks)
+            for ip, (health, state, reason) in list(by_ip.items()):
+                rec: Dict[str, Any] = {"vip": vk[0], "port": vk[1], "protocol": vk[2], "ip": ip,
+                                       "health": health, "state": state}
+                if reason:
+                    rec["reason"] = reason
+                c = checks.get(ip)
+                if c is not None:
+                    rec["check"] = c.key
+                yield ("" if not n else ",\n") + json.dumps(rec)
+                n += 1
         yield "]}\n"
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _die_with_parent(parent: int) -> None:
