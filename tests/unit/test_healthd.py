@@ -15,7 +15,7 @@ from xdplbd.core.config import parse_config
 from xdplbd.core.health import Result, checks_of
 from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, Vip
-from xdplbd.service.healthd import Checker, Lateness
+from xdplbd.service.healthd import Checker, Lateness, _members
 
 
 def sorted_percentile_ms(samples: List[float], p: float) -> float:
@@ -166,3 +166,42 @@ def test_a_save_replaces_health_json_whole(checker: Checker, tmp_path: Path) -> 
         doc = json.load(f)
     assert doc == {**health_json(checker), "written_at": doc["written_at"]}
     assert len(doc["reals"]) == 3000 and len(doc["checks"]) == 10
+
+
+# -- messages decoded member by member -------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", [
+    {}, {"op": "stop"}, {"a": []}, {"a": [[]], "b": {}},
+    {"op": "vips", "set": [["10.0.0.1", [["x", [1, 2.5, None, True, "é\"\n"]]]]], "del": []},
+    {"set": [1, {"a": [2]}, "]", "[,"], "op": "reals", "x": [{"y": []}]},
+])
+@pytest.mark.parametrize("indent", [None, 1])
+def test_members_decode_what_json_loads_does(doc: Dict[str, Any], indent: Any) -> None:
+    text = json.dumps(doc, indent=indent, separators=None if indent else (",", ":"))
+    got = {k: list(v) if isinstance(v, Iterator) else v for k, v in _members(text)}
+    assert got == doc
+    # Arrays left unread, or read in part, are skipped.
+    assert [k for k, _ in _members(text)] == list(doc)
+    for k, v in _members(text):
+        if isinstance(v, Iterator):
+            next(v, None)
+        assert k in doc
+
+
+@pytest.mark.parametrize("text", ["", "[]", '{"a" 1}', '{"a": [1 2]}', '{"a": 1', '{1: 2}'])
+def test_members_reject_what_is_not_an_object(text: str) -> None:
+    with pytest.raises(ValueError):
+        list(_members(text))
+
+
+def test_a_message_whose_op_is_not_first_is_taken_whole(checker: Checker) -> None:
+    cfg = parse_config(json.dumps(vips_doc(2, ["10.0.0.11"])), "f")
+    send(checker, {"op": "init", "optimistic": False, "states": {}})
+    configure(checker, cfg)
+    checker.handle_line(json.dumps({"set": [[vipkey_to_wire(cfg.vips[0].key), "10.0.0.11", "up",
+                                             "active", ""]],
+                                    "del": [], "failing_open": ["x"], "op": "reals"}).encode())
+    doc = health_json(checker)
+    assert [(r["vip"], r["ip"]) for r in doc["reals"]] == [("10.0.1.1", "10.0.0.11")]
+    assert doc["failing_open"] == ["x"]
