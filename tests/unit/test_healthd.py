@@ -6,16 +6,17 @@ import asyncio
 import json
 import os
 import random
+import socket
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import pytest
 
 from xdplbd.core.config import parse_config
-from xdplbd.core.health import Result, checks_of
+from xdplbd.core.health import HealthState, Result, checks_of, state_to_dict
 from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, Vip
-from xdplbd.service.healthd import Checker, Lateness, _members
+from xdplbd.service.healthd import Channel, Checker, Lateness, _members
 
 
 def sorted_percentile_ms(samples: List[float], p: float) -> float:
@@ -62,6 +63,9 @@ class FakeChannel:
 
     def send(self, msg: Dict[str, Any]) -> None:
         self.sent.append(msg)
+
+    def send_text(self, pieces: Iterable[str]) -> None:
+        self.sent.append(json.loads("".join(pieces)))
 
 
 def vips_doc(n_vips: int, reals: Sequence[str], check: bool = True) -> Dict[str, Any]:
@@ -175,11 +179,14 @@ def test_a_save_replaces_health_json_whole(checker: Checker, tmp_path: Path) -> 
     {}, {"op": "stop"}, {"a": []}, {"a": [[]], "b": {}},
     {"op": "vips", "set": [["10.0.0.1", [["x", [1, 2.5, None, True, "é\"\n"]]]]], "del": []},
     {"set": [1, {"a": [2]}, "]", "[,"], "op": "reals", "x": [{"y": []}]},
+    {"op": "init", "optimistic": True, "states": {"k": {"up": True, "last": {"ok": "}"}},
+                                                  "k2": {"a": []}}},
 ])
 @pytest.mark.parametrize("indent", [None, 1])
 def test_members_decode_what_json_loads_does(doc: Dict[str, Any], indent: Any) -> None:
     text = json.dumps(doc, indent=indent, separators=None if indent else (",", ":"))
-    got = {k: list(v) if isinstance(v, Iterator) else v for k, v in _members(text)}
+    got = {k: (dict(v) if isinstance(doc[k], dict) else list(v)) if isinstance(v, Iterator) else v
+           for k, v in _members(text)}
     assert got == doc
     # Arrays left unread, or read in part, are skipped.
     assert [k for k, _ in _members(text)] == list(doc)
@@ -205,3 +212,37 @@ def test_a_message_whose_op_is_not_first_is_taken_whole(checker: Checker) -> Non
     doc = health_json(checker)
     assert [(r["vip"], r["ip"]) for r in doc["reals"]] == [("10.0.1.1", "10.0.0.11")]
     assert doc["failing_open"] == ["x"]
+
+
+def test_saved_states_are_resumed_and_told_back(checker: Checker) -> None:
+    cfg = parse_config(json.dumps(vips_doc(2, ["10.0.0.11", "10.0.0.12"])), "f")
+    (_, a), (_, b) = checks_of(cfg.vips[0])
+    up = state_to_dict(HealthState(True, 1, 5.0, Result(True, "tcp: connected", 4.0)))
+    send(checker, {"op": "init", "optimistic": False,
+                   "states": {a.key: up, "tcp 10.9.9.9:80 gone": up}})
+    configure(checker, cfg)
+    assert checker.states[a.key].up and not checker.states[b.key].up
+    assert {a.key, b.key} <= set(checker.states)
+    (told,) = checker.chan.sent  # type: ignore[attr-defined]
+    assert told["op"] == "verdicts" and told["states"][a.key] == up
+    assert not told["states"][b.key]["up"]
+    assert health_json(checker)["checks"][a.key] == up
+
+
+def test_the_channel_sends_whole_lines() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    try:
+        chan = Channel(loop, ours)
+        chan.send({"op": "log", "level": 20, "msg": "é"})
+        chan.send_text(iter(['{"op":"verdicts",', '"states":{}}']))
+        theirs.settimeout(5)
+        data = b""
+        while data.count(b"\n") < 2:
+            data += theirs.recv(4096)
+        assert [json.loads(x) for x in data.splitlines()] == [
+            {"op": "log", "level": 20, "msg": "é"}, {"op": "verdicts", "states": {}}]
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()

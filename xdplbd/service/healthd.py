@@ -42,7 +42,7 @@ import socket
 import sys
 import time
 from array import array
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from xdplbd.core.health import (
     TCP,
@@ -83,6 +83,7 @@ Applied = Tuple[str, str, str]
 
 
 _decode = json.JSONDecoder().raw_decode
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _space(text: str, i: int) -> int:
@@ -102,32 +103,40 @@ def _after(text: str, i: int, token: str) -> int:
 
 def _members(text: str) -> Iterator[Tuple[str, Any]]:
     """The members of the JSON object `text`, in order, each decoded when it is
-    reached; an array comes as an iterator that decodes one element at a time, to be
-    used (or not) before the next member. The daemon's "set" arrays hold 16,000
-    entries at 1000 VIPs x 16 reals: decoded whole, ~8 MB of lists, strings and
-    floats at once, and the allocator's arenas kept much of it after it was freed."""
-    i = _after(text, 0, "{")
-    if text.startswith("}", i):
-        return
-    while True:
-        key, i = _decode(text, i)
-        if not isinstance(key, str):
-            raise ValueError(f"a key that is not a string at offset {i}")
-        i = _after(text, i, ":")
-        if text.startswith("[", i):
-            end = [i]
-            items = _items(text, end)
-            yield key, items
-            for _ in items:  # what the caller left
-                pass
-            i = end[0]
-        else:
-            value, i = _decode(text, i)
-            yield key, value
-        i = _space(text, i)
-        if text.startswith("}", i):
-            return
-        i = _after(text, i, ",")
+    reached; an array or an object comes as an iterator that decodes one element (an
+    object: one (key, value) pair) at a time, to be used (or not) before the next
+    member. The daemon's "set" arrays hold 16,000 entries at 1000 VIPs x 16 reals,
+    "init" the states of 4000 checks: decoded whole, up to ~8 MB of lists, dicts,
+    strings and floats at once, and the allocator's arenas kept much of it after it
+    was freed."""
+    return _pairs(text, [0], True)
+
+
+def _pairs(text: str, end: List[int], lazy: bool) -> Iterator[Tuple[str, Any]]:
+    """The members of the object at text[end[0]], as _members (values decoded whole
+    unless `lazy`); end[0] is set to just after it once they are all read."""
+    i = _after(text, end[0], "{")
+    if not text.startswith("}", i):
+        while True:
+            key, i = _decode(text, i)
+            if not isinstance(key, str):
+                raise ValueError(f"a key that is not a string at offset {i}")
+            i = _after(text, i, ":")
+            if lazy and text.startswith(("[", "{"), i):
+                sub = [i]
+                nested = _items(text, sub) if text[i] == "[" else _pairs(text, sub, False)
+                yield key, nested
+                for _ in nested:  # what the caller left
+                    pass
+                i = sub[0]
+            else:
+                value, i = _decode(text, i)
+                yield key, value
+            i = _space(text, i)
+            if not text.startswith(",", i):
+                break
+            i = _after(text, i, ",")
+    end[0] = _after(text, i, "}")
 
 
 def _items(text: str, end: List[int]) -> Iterator[Any]:
@@ -147,7 +156,7 @@ def _items(text: str, end: List[int]) -> Iterator[Any]:
 
 def _decoded(head: Sequence[Tuple[str, Any]], members: Iterator[Tuple[str, Any]]
              ) -> Iterator[Tuple[str, Any]]:
-    """Members with their arrays decoded whole."""
+    """Members with their arrays and objects read whole (an object as a list of pairs)."""
     for key, value in itertools.chain(head, members):
         yield key, list(value) if isinstance(value, Iterator) else value
 
@@ -232,7 +241,13 @@ class Channel:
         self._writing = False
 
     def send(self, msg: Dict[str, Any]) -> None:
-        self._out += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        self.send_text((_compact(msg),))
+
+    def send_text(self, pieces: Iterable[str]) -> None:
+        """One message, from its JSON text in pieces (never the whole text at once)."""
+        for piece in pieces:
+            self._out += piece.encode()
+        self._out += b"\n"
         self._flush()
 
     def _flush(self) -> None:
@@ -340,12 +355,14 @@ class Checker:
             first, members = ("op", msg.pop("op", None)), iter(msg.items())
         op = first[1]
         if op == "init":
-            msg = dict(_decoded([], members))
-            self._optimistic = bool(msg["optimistic"])
-            for key, saved in msg["states"].items():
-                st = state_from_dict(saved)
-                if st is not None:
-                    self.states[key] = st
+            for key, value in members:
+                if key == "optimistic":
+                    self._optimistic = bool(value)
+                elif key == "states":
+                    for k, saved in value:
+                        st = state_from_dict(saved)
+                        if st is not None:
+                            self.states[k] = st
         elif op == "vips":
             sets: List[Tuple[Vk, Dict[str, Check]]] = []
             dels: List[Vk] = []
@@ -447,7 +464,9 @@ class Checker:
         # transition that was on its way.
         carried = carry(gone, added, self.states, self._optimistic)
         gone_keys = {c.key for c in gone}
-        self.states = {k: st for k, st in self.states.items() if k not in gone_keys}
+        # Keyed by the checks' own key strings (not copies from the daemon's messages).
+        self.states = {k: st for k, st in self.states.items()
+                       if k not in gone_keys and k not in carried}
         self.states.update(carried)
         now = self._loop.time()
         for c in added:
@@ -530,10 +549,15 @@ class Checker:
         self._schedule_save(0.0)
 
     def _send_verdicts(self) -> None:
+        """{"op": "verdicts", "states": {...}}, encoded a state at a time: the states of
+        4000 checks as dicts first, then as one text, left ~4 MB in the arenas."""
         if self._changed:
-            self.chan.send({"op": "verdicts",
-                            "states": {k: state_to_dict(st) for k, st in self._changed.items()}})
-            self._changed = {}
+            changed, self._changed = self._changed, {}
+            self.chan.send_text(itertools.chain(
+                ('{"op":"verdicts","states":{',),
+                (("," if n else "") + _compact(k) + ":" + _compact(state_to_dict(st))
+                 for n, (k, st) in enumerate(changed.items())),
+                ("}}",)))
 
     # -- health.json ----------------------------------------------------------------------
 
