@@ -170,6 +170,13 @@ def test_a_save_replaces_health_json_whole(checker: Checker, tmp_path: Path) -> 
         doc = json.load(f)
     assert doc == {**health_json(checker), "written_at": doc["written_at"]}
     assert len(doc["reals"]) == 3000 and len(doc["checks"]) == 10
+    publish(checker, cfg, "down")
+    checker._save()  # on the way out: at once
+    assert os.listdir(tmp_path) == ["health.json"]
+    with open(tmp_path / "health.json") as f:
+        doc = json.load(f)
+    assert {r["health"] for r in doc["reals"]} == {"down"}
+    assert doc == {**health_json(checker), "written_at": doc["written_at"]}
 
 
 # -- messages decoded member by member -------------------------------------------------

@@ -60,7 +60,7 @@ from xdplbd.core.health import (
 from xdplbd.core.healthwire import check_from_wire, vipkey_from_wire
 from xdplbd.core.model import IPAddress
 from xdplbd.kernel import rawsock
-from xdplbd.service.health import STATE_VERSION, state_path, write_health
+from xdplbd.service.health import STATE_VERSION, state_path
 from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
 
 log = logging.getLogger("xdplbd")
@@ -313,6 +313,7 @@ class Checker:
         self._vip_addrs: Dict[str, IPAddress] = {}  # VIP addresses: never a source
         self._avoid: Set[IPAddress] = set()
         self._sources: Dict[IPAddress, Optional[IPAddress]] = {}
+        self._source_of: Dict[IPAddress, IPAddress] = {}
         self._prober: Optional[TcpDsrProber] = None
         self._prober_error = ""
         # Each real as last applied by the daemon, by VIP and real IP.
@@ -459,6 +460,7 @@ class Checker:
             self._vip_addrs = {a: old_addrs.get(a) or ipaddress.ip_address(a) for a in addrs}
             self._avoid = set(self._vip_addrs.values())
         self._sources.clear()
+        self._source_of.clear()
         # The same rule as the daemon's copy (core/health.py carry); the daemon is
         # told the states of the added checks, which settles any race with a
         # transition that was on its way.
@@ -494,7 +496,9 @@ class Checker:
 
     def _source(self, dest: IPAddress) -> Optional[IPAddress]:
         if dest not in self._sources:
-            self._sources[dest] = rawsock.source_for(dest, self.ifname, self._avoid)
+            src = rawsock.source_for(dest, self.ifname, self._avoid)
+            # One object per distinct source (a few), not one per destination (4000).
+            self._sources[dest] = src if src is None else self._source_of.setdefault(src, src)
         return self._sources[dest]
 
     def _fire(self, c: Check) -> None:
@@ -597,8 +601,8 @@ class Checker:
         self._dirty = False
         busy, t = 0.0, time.monotonic()
         path = state_path(self.state_dir)
-        # Not write_health's name: _save() writes that one on stop, while this save
-        # may be cancelled midway with its file still open.
+        # Not _save()'s name: it writes that one on stop, while this save may be
+        # cancelled midway with its file still open.
         tmp = f"{path}.{os.getpid()}.part"
         try:
             os.makedirs(self.state_dir, exist_ok=True)
@@ -620,12 +624,18 @@ class Checker:
         self._last_save, self._save_cost = time.monotonic(), busy
 
     def _save(self) -> None:
-        """At once, in one piece (on the way out)."""
+        """At once (on the way out), written as it is rendered all the same."""
         self._dirty = False
+        path = state_path(self.state_dir)
+        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            write_health(self.state_dir, self._pieces())
+            os.makedirs(self.state_dir, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.writelines(self._pieces())
+            os.replace(tmp, path)
         except OSError as e:
-            log.error("cannot write %s: %s", state_path(self.state_dir), e)
+            log.error("cannot write %s: %s", path, e)
+            _unlink(tmp)
 
     def _pieces(self) -> Iterator[str]:
         """health.json's text, one record a piece: every check's verdict, and each real
