@@ -164,6 +164,9 @@ def test_a_save_replaces_health_json_whole(checker: Checker, tmp_path: Path) -> 
     send(checker, {"op": "init", "optimistic": False, "states": {}})
     configure(checker, cfg)
     publish(checker, cfg)
+    for h in [*checker._timers.values(), checker._save_handle]:
+        if h is not None:
+            h.cancel()  # no probe, and no save but this one
     checker._loop.run_until_complete(checker._save_async())  # 3000 reals: several slices
     assert os.listdir(tmp_path) == ["health.json"]
     with open(tmp_path / "health.json") as f:
