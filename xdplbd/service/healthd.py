@@ -63,10 +63,9 @@ from xdplbd.core.health import (
     state_to_dict,
     transition_text,
 )
-from xdplbd.core.healthwire import check_from_wire, vipkey_from_wire
+from xdplbd.core.healthwire import STATE_VERSION, check_from_wire, state_path, vipkey_from_wire
 from xdplbd.core.model import IPAddress
 from xdplbd.kernel import rawsock
-from xdplbd.service.health import STATE_VERSION, state_path
 from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
 
 log = logging.getLogger("xdplbd")
