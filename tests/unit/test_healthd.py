@@ -16,7 +16,7 @@ from xdplbd.core.config import parse_config
 from xdplbd.core.health import HealthState, Result, checks_of, state_to_dict
 from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, Vip
-from xdplbd.service.healthd import Channel, Checker, Lateness, _members
+from xdplbd.service.healthd import Channel, Checker, Lateness, _members, _options
 
 
 def sorted_percentile_ms(samples: List[float], p: float) -> float:
@@ -256,3 +256,16 @@ def test_the_channel_sends_whole_lines() -> None:
         ours.close()
         theirs.close()
         loop.close()
+
+
+def test_the_command_line() -> None:
+    want = {"--fd": "3", "--parent": "42", "--interface": "lb0", "--state-dir": "/run/x"}
+    assert _options(["--fd", "3", "--parent", "42", "--interface", "lb0",
+                     "--state-dir", "/run/x"]) == want
+    assert _options(["--state-dir=/run/x", "--interface=lb0", "--parent=42", "--fd=3"]) == want
+    for bad in (["--fd", "3"], ["--fd", "x", "--parent", "42", "--interface", "lb0",
+                                "--state-dir", "/"], ["--fd", "3", "--fd", "3"], ["--fd"],
+                ["--fd=3", "--parent=42", "--interface=lb0", "--state-dir=/", "--x=1"]):
+        with pytest.raises(SystemExit) as e:
+            _options(bad)
+        assert e.value.code != 0, bad
