@@ -36,6 +36,7 @@ if __name__ == "__main__":
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ipaddress
 import itertools
@@ -314,6 +315,9 @@ class Checker:
         self._users: Dict[Check, List[Vk]] = {}
         self._intern: Dict[Check, Check] = {}  # the one object of each distinct check
         self._timers: Dict[Check, asyncio.TimerHandle] = {}  # when(): the probe's due time
+        # The timers' one context (the loop copies one per timer by default: 4000 of
+        # them alive, and one more every probe). The checker sets no context variable.
+        self._context = contextvars.copy_context()
         self._applied: Dict[Applied, Applied] = {}  # the one tuple of each distinct value
         self._vip_addrs: Dict[str, IPAddress] = {}  # VIP addresses: never a source
         self._avoid: Set[IPAddress] = set()
@@ -478,7 +482,7 @@ class Checker:
         now = self._loop.time()
         for c in added:
             due = now + random.uniform(0, min(c.interval, 1.0))
-            self._timers[c] = self._loop.call_at(due, self._fire, c)
+            self._timers[c] = self._loop.call_at(due, self._fire, c, context=self._context)
             self._changed[c.key] = self.states[c.key]
         self._optimistic = False
         if self._changed:
@@ -514,7 +518,7 @@ class Checker:
         nxt = due + c.interval
         if nxt < now:  # far behind (a stall): do not fire a burst to catch up
             nxt = now + c.interval
-        self._timers[c] = self._loop.call_at(nxt, self._fire, c)
+        self._timers[c] = self._loop.call_at(nxt, self._fire, c, context=self._context)
         p = c.probe
         if p.kind == TCP_DSR:
             if self._prober is None:
