@@ -16,7 +16,7 @@ from xdplbd.core.config import parse_config
 from xdplbd.core.health import HealthState, Result, checks_of, state_to_dict
 from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, Vip
-from xdplbd.service.healthd import Channel, Checker, Lateness, _members, _options
+from xdplbd.service.healthd import Channel, Checker, Lateness, _members, _options, _vk
 
 
 def sorted_percentile_ms(samples: List[float], p: float) -> float:
@@ -269,3 +269,23 @@ def test_the_command_line() -> None:
         with pytest.raises(SystemExit) as e:
             _options(bad)
         assert e.value.code != 0, bad
+
+
+def test_checks_share_their_common_values(checker: Checker) -> None:
+    d = vips_doc(2, ["10.0.0.11", "10.0.0.12"])
+    d["vips"][1]["healthcheck"] = {"type": "tcp"}  # DSR: the probes go to the VIP
+    d["vips"][1]["reals"] = [{"ip": "10.0.0.13", "mac": "02:00:00:00:00:03"},
+                             {"ip": "10.0.0.14", "mac": "02:00:00:00:00:04"}]
+    cfg = parse_config(json.dumps(d), "f")
+    send(checker, {"op": "init", "optimistic": False, "states": {}})
+    checker._open_prober = lambda: None  # type: ignore[method-assign]  # no raw socket
+    configure(checker, cfg)
+    (a, b), (c, e) = ([checker._vips[_vk(vipkey_to_wire(v.key))][str(ip)] for ip, _ in checks_of(v)]
+                      for v in cfg.vips)
+    assert [x for x in (a, b, c, e)] == [x for v in cfg.vips for _, x in checks_of(v)]
+    assert a.probe.kind is b.probe.kind and a.probe.timeout is b.probe.timeout
+    assert a.interval is b.interval and a.probe.expect is b.probe.expect
+    assert c != e and c.probe.addr is e.probe.addr and c.probe.kind is e.probe.kind
+    assert c.probe.addr is not a.probe.addr
+    assert set(checker._intern) == {a, b, c, e}
+    assert all(any(k is x for k in checker._intern) for x in (a, b, c, e))  # keyed by x
