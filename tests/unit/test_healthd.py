@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import socket
@@ -289,3 +290,21 @@ def test_checks_share_their_common_values(checker: Checker) -> None:
     assert c.probe.addr is not a.probe.addr
     assert set(checker._intern) == {a, b, c, e}
     assert all(any(k is x for k in checker._intern) for x in (a, b, c, e))  # keyed by x
+
+
+def test_a_result_for_a_check_removed_and_added_back_still_counts(
+        checker: Checker, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = parse_config(json.dumps(vips_doc(1, ["10.0.0.11"])), "f")
+    send(checker, {"op": "init", "optimistic": True, "states": {}})
+    configure(checker, cfg)
+    ((_, c),) = checks_of(cfg.vips[0])
+    old = checker._intern[c]
+    configure(checker, parse_config(json.dumps(vips_doc(1, ["10.0.0.11"], check=False)), "f"))
+    configure(checker, cfg)
+    assert checker._intern[c] is not old
+    assert not checker.states[c.key].up  # back as a new check
+    caplog.set_level(logging.INFO, logger="xdplbd")
+    for _ in range(c.rise):  # results of probes sent before the first reload
+        checker._on_result(old, Result(True, "tcp: connected", 1.0))
+    assert [r.getMessage() for r in caplog.records] == [
+        "vip 10.0.1.1:80/tcp: real 10.0.0.11 up: tcp: connected (2/2 passed)"]

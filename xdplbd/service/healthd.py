@@ -570,7 +570,7 @@ class Checker:
         for vk in self._users[c]:
             vip = vipkey_from_wire(vk)
             for ip, c2 in self._vips[vk].items():
-                if c2 is c:
+                if c2 is c or c2.key == c.key:  # (or c is an equal one from before a reload)
                     line = transition_text(vip, ipaddress.ip_address(ip), st, c)
                     if st.up:
                         log.info("%s", line)
