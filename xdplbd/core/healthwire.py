@@ -7,15 +7,25 @@ lists and dicts and back, and nothing else (no I/O).
 
 * A VipKey is [addr, port, proto]; a Check is a flat list (`check_to_wire`).
 * A HealthState is the dict that health.json also stores (`state_to_dict`).
+* health.json itself (the checker writes it, the daemon and `xdplb status` read it)
+  is named here, so that the checker need not import the daemon's side.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any, List, Sequence, Tuple
 
 from xdplbd.core.health import Check, Probe
 from xdplbd.core.model import IPAddress, VipKey
+
+STATE_FILE = "health.json"
+STATE_VERSION = 1
+
+
+def state_path(state_dir: str) -> str:
+    return os.path.join(state_dir, STATE_FILE)
 
 
 def vipkey_to_wire(k: VipKey) -> List[Any]:

@@ -53,13 +53,11 @@ from xdplbd.core.health import (
     state_to_dict,
     vip_verdicts,
 )
-from xdplbd.core.healthwire import vip_checks_to_wire, vipkey_to_wire
+from xdplbd.core.healthwire import STATE_VERSION, state_path, vip_checks_to_wire, vipkey_to_wire
 from xdplbd.core.model import Config, IPAddress, Vip, VipKey
 
 log = logging.getLogger("xdplbd")
 
-STATE_FILE = "health.json"
-STATE_VERSION = 1
 # A checker that dies is restarted after this long, doubling up to the max while
 # it keeps dying within RESTART_MAX_S of its start.
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
@@ -70,10 +68,6 @@ CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"
                   "LISTEN_PID")
 
 VipChecks = Tuple[Tuple[IPAddress, Check], ...]
-
-
-def state_path(state_dir: str) -> str:
-    return os.path.join(state_dir, STATE_FILE)
 
 
 def read_health(state_dir: str) -> Dict[str, Any]:
