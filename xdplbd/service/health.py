@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from xdplbd.core.effective import NO_HEALTH, Effective, Health, VipEffective, VipHealth
 from xdplbd.core.health import (
@@ -434,14 +434,3 @@ class HealthChecker:
                     self._version += 1
             if changed:
                 self.on_change("health")
-
-
-def write_health(state_dir: str, pieces: Iterable[str]) -> None:
-    """health.json from its text in pieces; atomically: a reader or a restart sees the
-    old file or the new one."""
-    os.makedirs(state_dir, exist_ok=True)
-    path = state_path(state_dir)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(pieces))
-    os.replace(tmp, path)
