@@ -2,11 +2,13 @@
 
 Python keeps small objects in its own arenas; anything over 512 bytes (the dicts
 and lists of 16,000 reals, map batch buffers of several MB) comes from malloc.
-Two glibc habits keep such memory resident after it is freed: every thread that
-allocates gets an arena of its own, and freed blocks inside the heap are not
-given back unless the top of the heap is free. `limit_arenas()` (at start,
-before the threads) and `trim()` (after each reload) undo both; elsewhere than
-glibc they do nothing.
+Three glibc habits keep such memory resident after it is freed: every thread
+that allocates gets an arena of its own; the size from which a block gets a
+mapping of its own (unmapped when freed) rises to that of any such block freed,
+so after the first big config they all come from the heap; and freed blocks
+inside the heap are not given back unless the top of the heap is free.
+`limit_arenas()` and `big_blocks_apart()` (at start, before the threads) and
+`trim()` (after each reload) undo them; elsewhere than glibc they do nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import ctypes
 from typing import Optional
 
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+BIG_BLOCK = 128 * 1024  # glibc's default threshold, kept fixed
 ARENAS = 2  # the main thread's, and one for the others (they allocate little)
 
 _libc: Optional[ctypes.CDLL] = None
@@ -34,6 +38,13 @@ def limit_arenas() -> None:
     lib = _lib()
     if lib is not None:
         lib.mallopt(M_ARENA_MAX, ARENAS)
+
+
+def big_blocks_apart() -> None:
+    """Blocks of BIG_BLOCK or more in mappings of their own, unmapped when freed."""
+    lib = _lib()
+    if lib is not None:
+        lib.mallopt(M_MMAP_THRESHOLD, BIG_BLOCK)
 
 
 def trim() -> None:

@@ -744,6 +744,7 @@ def run(opts: Options) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     heap.limit_arenas()  # before any thread starts
+    heap.big_blocks_apart()
     opts = Options(config=args.config, interface=args.interface, xdp_mode=args.xdp_mode,
                    pin_dir=args.pin_dir, state_dir=args.state_dir, verbose=args.verbose,
                    syslog=args.syslog, log_file=args.log_file)

@@ -66,7 +66,7 @@ from xdplbd.core.health import (
 )
 from xdplbd.core.healthwire import STATE_VERSION, check_from_wire, state_path, vipkey_from_wire
 from xdplbd.core.model import IPAddress
-from xdplbd.kernel import rawsock
+from xdplbd.kernel import heap, rawsock
 from xdplbd.service.probes import TcpDsrProber, launch_connect, run_socket_probe
 
 log = logging.getLogger("xdplbd")
@@ -78,7 +78,6 @@ REFRESH_S = 2.0
 JITTER_SAMPLES = 100_000
 SLICE = 256  # health.json records rendered between two turns of the loop
 PR_SET_PDEATHSIG = 1
-M_MMAP_THRESHOLD = -3  # mallopt(3)
 # A VIP as the messages and health.json name it: (address, port, protocol), with
 # the address text as the daemon wrote it (str of its IPAddress). Reals are named by
 # the same text of their IP. Every such string is interned: one object per distinct
@@ -719,15 +718,6 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def _big_blocks_apart() -> None:
-    """Blocks of 128 KB or more (a message line of megabytes, its text) in mappings of
-    their own, unmapped when freed. By default glibc raises that threshold to the size
-    of any such block freed, so after the first full config they came from the heap
-    and left holes there that were never given back (~1.5 MB of RSS)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-
-
 async def serve(sock: socket.socket, state_dir: str, ifname: str) -> None:
     loop = asyncio.get_running_loop()
     chan = Channel(loop, sock)
@@ -772,7 +762,7 @@ def _options(argv: Sequence[str]) -> Dict[str, str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = _options(sys.argv[1:] if argv is None else argv)
     _die_with_parent(int(opts["--parent"]))
-    _big_blocks_apart()
+    heap.big_blocks_apart()  # a message line of megabytes leaves no hole in the heap
     sock = socket.socket(fileno=int(opts["--fd"]))
     asyncio.run(serve(sock, opts["--state-dir"], opts["--interface"]))
     return 0
