@@ -6,13 +6,15 @@ daemon fought every reload for the GIL (reload p99 ~300 ms to 1.5 s, RSS
 ~220 MB; bench/health.py). This module is the daemon's narrow interface to it,
 and the main loop never waits for it:
 
-* `verdicts(cfg)`: up/down of every checked real, from the daemon's own copy of
-  the verdicts (a few dict lookups);
+* `verdicts(cfg)`: up/down of every checked real, per VIP, from the daemon's own
+  copy of the verdicts; a VIP's mapping stays the same object until its Vip or
+  a verdict changes, so effective() keeps that VIP's part;
 * `configure(cfg)`: only the VIPs whose object changed are sent (the config
   parser hands back the same Vip for an unchanged VIP), so only the checks that
   changed restart; returns at once;
-* `publish(eff)`: the reals' state as last applied, as a difference, for
-  health.json;
+* `publish(eff)`: the reals' state as last applied, for health.json: only the
+  VIPs whose part is not the object sent last time, and of those the reals that
+  changed;
 * `on_change`: called (from the supervisor thread) when a verdict changes.
 
 The checker sends verdict transitions and log lines; it writes health.json
