@@ -313,7 +313,6 @@ class HealthChecker:
             dels.append(vipkey_to_wire(key))
         if sets or dels:
             child.send({"op": "vips", "set": sets, "del": dels})
-            log.debug("TMP vips sent: %d set, %d del", len(sets), len(dels))
 
     def _send_reals(self, child: _Child, eff: Effective) -> None:
         """What changed since the last message, VIP by VIP: a VIP whose part is the
@@ -340,7 +339,6 @@ class HealthChecker:
         if sets or dels or failing != self._sent_failing:
             self._sent_failing = failing
             child.send({"op": "reals", "set": sets, "del": dels, "failing_open": failing})
-            log.debug("TMP reals sent: %d set, %d del", len(sets), len(dels))
 
     # -- the supervisor thread ----------------------------------------------------------
 
