@@ -8,7 +8,7 @@ import pytest
 
 from xdplbd.core.announce import LAST_RESORT_MED, decide, render_bird
 from xdplbd.core.config import ConfigError, parse_config
-from xdplbd.core.effective import effective, per_vip
+from xdplbd.core.effective import effective
 from xdplbd.core.model import Config, Real, Vip, VipKey
 
 IP = ipaddress.ip_address
@@ -29,8 +29,8 @@ def test_everything_up_is_announced_once_per_address() -> None:
 
 
 def test_a_service_without_an_up_real_makes_its_address_last_resort() -> None:
-    health = {(WEB, A): "down", (WEB, B): "down", (DNS, A): "up"}
-    d = decide(effective(CFG, per_vip(health), {}), attached=True, maintenance=False)
+    health = {WEB: {A: "down", B: "down"}, DNS: {A: "up"}}
+    d = decide(effective(CFG, health, {}), attached=True, maintenance=False)
     assert [(r.prefix, r.last_resort) for r in d.routes] == [("10.0.0.100/32", True),
                                                             ("fd00::100/128", False)]
     assert d.vips[WEB] == ("last-resort", "no up real on this node: failing open")

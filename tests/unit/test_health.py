@@ -26,7 +26,7 @@ from xdplbd.core.health import (
     state_from_dict,
     state_to_dict,
     transition_text,
-    verdicts,
+    vip_verdicts,
 )
 
 IP = ipaddress.ip_address
@@ -166,21 +166,21 @@ def test_transition_line_and_persistence() -> None:
 def test_verdicts_and_a_new_real_starts_down_unless_its_vip_has_no_up_real() -> None:
     cfg = parse_config(json.dumps(doc({"type": "tcp"})), "f")
     vip = cfg.vips[0]
-    pairs = [(vip, checks_of(vip))]
-    (ip_a, ca), (ip_b, _cb) = pairs[0][1]
+    checks = checks_of(vip)
+    (ip_a, ca), (ip_b, _cb) = checks
     up = observe(new_state(0.0), Result(True, "", 1), 1, 1)[0]
     # Only real a has a verdict; b was just added by a reload: down, a takes the flows.
-    v = verdicts(pairs, {ca.key: up})
-    assert v == {vip.key: {ip_a: "up", ip_b: "down"}}
-    eff = effective(cfg, v, {})
+    v = vip_verdicts(checks, {ca.key: up})
+    assert v == {ip_a: "up", ip_b: "down"}
+    eff = effective(cfg, {vip.key: v}, {})
     assert {r.ip: r.weight for r in eff.config.vips[0].reals} == {ip_a: 1, ip_b: 0}
     # Both new (nothing up): the VIP fails open and both take flows.
-    eff = effective(cfg, verdicts(pairs, {}), {})
+    eff = effective(cfg, {vip.key: vip_verdicts(checks, {})}, {})
     assert eff.failing_open == {vip.key}
     assert {r.weight for r in eff.config.vips[0].reals} == {1}
     assert eff.config.vips[0].healthcheck == vip.healthcheck
     # A daemon's very first start (no saved state): unknown checks count as up.
-    assert set(verdicts(pairs, {}, "up")[vip.key].values()) == {"up"}
+    assert set(vip_verdicts(checks, {}, "up").values()) == {"up"}
 
 
 # -- frames -------------------------------------------------------------------------

@@ -90,14 +90,6 @@ class Effective:
         return {(key, ip): st for key, ve in self.vips.items() for ip, st in ve.statuses}
 
 
-def per_vip(flat: Mapping[RealId, str]) -> Dict[VipKey, Dict[IPAddress, str]]:
-    """{(VIP, real IP): verdict} in the per-VIP form that effective() takes."""
-    out: Dict[VipKey, Dict[IPAddress, str]] = {}
-    for (key, ip), h in flat.items():
-        out.setdefault(key, {})[ip] = h
-    return out
-
-
 def _mac_of(real: Real, neigh: Mapping[IPAddress, Neighbour]) -> Tuple[Optional[str], bool, str]:
     """(MAC for the maps, usable for new flows, source)."""
     if real.mac:

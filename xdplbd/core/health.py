@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from xdplbd.core.model import HealthCheck, IPAddress, Real, Vip, VipKey
 
@@ -47,7 +47,7 @@ class Probe:
     send: str = ""  # udp
     receive: str = ""  # udp
 
-    # Cached: verdicts() looks up every check's state by key on every apply (16,000
+    # Cached: vip_verdicts() looks up every check's state by key on every apply (16,000
     # string builds, ~50 ms at 1000 VIPs, when it was a plain property).
     @cached_property
     def key(self) -> str:
@@ -223,10 +223,3 @@ def vip_verdicts(checks: Tuple[Tuple[IPAddress, Check], ...], states: Mapping[st
         st = states.get(c.key)
         out[ip] = unknown if st is None else ("up" if st.up else "down")
     return out
-
-
-def verdicts(vips: List[Tuple[Vip, Tuple[Tuple[IPAddress, Check], ...]]],
-             states: Mapping[str, HealthState],
-             unknown: str = "down") -> Dict[VipKey, Dict[IPAddress, str]]:
-    """The health mapping effective() takes, for VIPs and their checks."""
-    return {vip.key: vip_verdicts(checks, states, unknown) for vip, checks in vips if checks}

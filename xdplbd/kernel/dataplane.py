@@ -50,9 +50,9 @@ class DataPlane:
             self.close()
             raise
         self.writes = 0  # map writes made by apply(); tests assert "no-op = 0"
-        # read_live() decodes only what changed since its last call: records are
-        # kept with the raw bytes they were decoded from and reused while those
-        # bytes are the same (a decoded record is a pure function of its bytes).
+        # read_live() decodes only what changed since its last call: decoded records
+        # are kept with the raw array they were decoded from and reused while their
+        # bytes in it are the same (a decoded record is a pure function of its bytes).
         self._backends_raw = b""  # the whole backends array, as last read
         self._backends: Dict[int, LiveBackend] = {}  # id -> decoded, as of _backends_raw
         self._by_vip: Dict[int, Tuple[LiveBackend, ...]] = {}  # vip_id -> backends, by id
