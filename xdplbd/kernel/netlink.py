@@ -101,16 +101,15 @@ def _attr(kind: int, data: bytes) -> bytes:
 
 def _resolve_request(seq: int, ifindex: int, ip: IPAddress, managed: bool) -> bytes:
     """RTM_NEWNEIGH for ip in state NONE: managed (NDA_FLAGS_EXT), or NTF_USE."""
-    attrs = _attr(NDA_DST, ip.packed)
+    body = _neigh_request(ifindex, ip, NUD_NONE, 0 if managed else NTF_USE)
     if managed:
-        attrs += _attr(NDA_FLAGS_EXT, struct.pack("=I", NTF_EXT_MANAGED))
-    body = _NDMSG.pack(_family(ip), 0, 0, ifindex, NUD_NONE, 0 if managed else NTF_USE, 0)
-    return _message(RTM_NEWNEIGH, _RESOLVE_FLAGS, seq, body + attrs)
+        body += _attr(NDA_FLAGS_EXT, struct.pack("=I", NTF_EXT_MANAGED))
+    return _message(RTM_NEWNEIGH, _RESOLVE_FLAGS, seq, body)
 
 
-def _neigh_request(ifindex: int, ip: IPAddress, state: int) -> bytes:
+def _neigh_request(ifindex: int, ip: IPAddress, state: int, flags: int = 0) -> bytes:
     """An ndmsg for ip on ifindex, as pyroute2's IPRoute.neigh() sends it."""
-    return _NDMSG.pack(_family(ip), 0, 0, ifindex, state, 0, 0) + _attr(NDA_DST, ip.packed)
+    return _NDMSG.pack(_family(ip), 0, 0, ifindex, state, flags, 0) + _attr(NDA_DST, ip.packed)
 
 
 def _messages(data: bytes) -> Iterator[Tuple[int, int, int, int]]:
@@ -286,9 +285,9 @@ class Netlink:
             pending: Dict[int, IPAddress] = {}
             parts = []
             for ip in ips[i:i + REQ_BATCH]:
-                self._seq = self._seq % 0x7FFFFFFF + 1
-                pending[self._seq] = ip
-                parts.append(_resolve_request(self._seq, ifindex, ip, managed))
+                seq = self._next_seq()
+                pending[seq] = ip
+                parts.append(_resolve_request(seq, ifindex, ip, managed))
             self._rq.sendto(b"".join(parts), (0, 0))
             while pending:
                 try:
@@ -310,8 +309,7 @@ class Netlink:
         """One request and its reply, parsed: the messages of a dump (NLM_F_DUMP), or
         those before the ack (NLM_F_ACK). Raises NetlinkError with the kernel's errno,
         as pyroute2's IPRoute does; socket.timeout if no reply comes."""
-        self._seq = self._seq % 0x7FFFFFFF + 1
-        seq = self._seq
+        seq = self._next_seq()
         self._rq.sendto(_message(mtype, NLM_F_REQUEST | flags, seq, body), (0, 0))
         reply = bytearray()
         while True:
@@ -325,6 +323,10 @@ class Netlink:
                         raise NetlinkError(code)
                     return list(self._marshal.parse(bytes(reply)))
                 reply += data[off:off + ((length + 3) & ~3)]
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0x7FFFFFFF + 1
+        return self._seq
 
     def forget(self, ifindex: int, ip: IPAddress) -> None:
         """Delete the entry (a real left the config); absent is fine."""
